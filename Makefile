@@ -1,0 +1,72 @@
+# Two commands do everything on a fresh machine:  make demo  and  make test.
+# Each creates (or reuses) .venv, installs the package with its extras, and fetches missing data.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# On machines whose pip is capped to the torch wheels on local disk (/etc/xdg/pip), use those;
+# anywhere else any recent release will do. Override with: make TORCH_SPEC="torch==X torchvision==Y"
+TORCH_SPEC ?= $(shell test -f /etc/xdg/pip/constraints.txt && echo "torch==2.14.1 torchvision==0.29.1" || echo "torch torchvision")
+EXTRAS ?= dev,notebooks,faiss
+FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
+
+export MPLBACKEND ?= agg
+export PYTHONHASHSEED ?= 0
+
+.PHONY: help venv data test test-fast test-notebooks test-browser demo lab lint bench clean-venv
+
+help:
+	@echo "make demo          the main job: CE vs MOIT vs MOIT+ on a Fashion-MNIST subset (CPU, minutes)"
+	@echo "make test          every test, notebooks included (smoke mode)"
+	@echo "make lab           JupyterLab on notebooks/"
+	@echo "make test-browser  drive notebook 03 in headless Chromium (needs Debian's chromium)"
+	@echo "make lint          ruff"
+	@echo "make bench         benchmarks/ scripts (print figures)"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fashion-MNIST: data/fashion-mnist, else Debian's package (installed here when apt is usable),
+# else torchvision's download (python -m moit_explore fetch fashion-mnist).
+data: $(STAMP)
+	@if [ -f data/fashion-mnist/train-images-idx3-ubyte.gz ] || [ -f $(FMNIST_SYSTEM)/train-images-idx3-ubyte.gz ]; then \
+	  echo "fashion-mnist: present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) || $(PY) -m moit_explore fetch fashion-mnist; \
+	else \
+	  $(PY) -m moit_explore fetch fashion-mnist; \
+	fi
+
+test: $(STAMP) data
+	MOIT_SMOKE=1 $(PY) -m pytest -q tests notebooks --nbmake --nbmake-timeout=300 -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -x
+
+test-notebooks: $(STAMP) data
+	MOIT_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=300 notebooks
+
+test-browser: $(STAMP) data
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || apt-get install -y -q chromium >/dev/null
+	$(PY) -m pytest -q -m browser tests/test_browser.py -p no:cacheprovider
+
+demo: $(STAMP) data
+	$(PY) -m moit_explore demo
+
+lab: $(STAMP) data
+	$(PY) -m jupyter lab notebooks/
+
+lint: $(STAMP)
+	$(PY) -m ruff check moit_explore tests benchmarks notebooks
+
+bench: $(STAMP) data
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)
