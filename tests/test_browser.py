@@ -1,0 +1,265 @@
+"""Drive notebook 03 in JupyterLab with headless Chromium: run it, move the k slider, see it react.
+
+Run with ``make test-browser`` (``pytest -m browser tests/test_browser.py``). Needs Debian's
+``chromium`` (``/usr/bin/chromium``, or set ``MOIT_CHROMIUM``) and Python's ``playwright``; it
+never downloads a browser. The kernel runs in smoke mode (``MOIT_SMOKE=1``) so the notebook is fast.
+A screenshot of the panel after the slider moved is saved to ``tests/artifacts/browser_03.png``
+(``browser_03_failure.png`` when the test fails, to see where it stopped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = "notebooks/03_knn_soft_labels.ipynb"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SERVER_START_S = 90
+NOTEBOOK_RUN_S = 420  # a cold cache trains the smoke run first
+WIDGET_REACT_S = 60
+
+# JupyterLab user settings for the test server: no autosave (running the notebook in the
+# browser must not write outputs into the repository's notebook) and no news/update checks
+# (the test machine may have no network, and their pop-ups cover the page).
+LAB_SETTINGS = {
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false", "checkForUpdates": False,
+    },
+}
+
+
+def _chromium() -> str:
+    path = os.environ.get("MOIT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.skip(f"no Chromium at {path}: `apt-get install chromium`, or set MOIT_CHROMIUM")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LabServer:
+    url: str
+    token: str
+    log: Path
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+
+def _ready(url: str, token: str) -> bool:
+    req = urllib.request.Request(f"{url}/api/status", headers={"Authorization": f"token {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextmanager
+def jupyter_lab(root: Path, env_extra: dict[str, str]) -> Iterator[LabServer]:
+    """JupyterLab on a free 127.0.0.1 port with a random token; always shut down on exit."""
+    port, token = _free_port(), secrets.token_hex(16)
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="moit-lab-") as tmp:
+        tmp_path = Path(tmp)
+        settings = tmp_path / "settings"
+        for name, value in LAB_SETTINGS.items():
+            (settings / name).parent.mkdir(parents=True, exist_ok=True)
+            (settings / name).write_text(json.dumps(value))
+        env = {
+            **os.environ,
+            **env_extra,
+            "JUPYTERLAB_SETTINGS_DIR": str(settings),
+            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        }
+        cmd = [
+            sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
+            "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+            "--ServerApp.open_browser=False", "--ServerApp.port_retries=0",
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-root")
+        log = tmp_path / "lab.log"
+        with open(log, "wb") as log_file:
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log_file,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        server = LabServer(url=url, token=token, log=log)
+        try:
+            deadline = time.monotonic() + SERVER_START_S
+            while not _ready(url, token):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"JupyterLab exited ({proc.returncode}):\n"
+                                       f"{server.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"JupyterLab not ready in {SERVER_START_S}s:\n"
+                                       f"{server.log_tail()}")
+                time.sleep(0.5)
+            yield server
+        finally:
+            _shutdown(proc, url, token)
+
+
+def _shutdown(proc: subprocess.Popen, url: str, token: str) -> None:
+    """Ask the server to stop (it stops its kernels too), then escalate on this process only."""
+    if proc.poll() is None:
+        req = urllib.request.Request(f"{url}/api/shutdown", method="POST",
+                                     headers={"Authorization": f"token {token}"})
+        try:
+            urllib.request.urlopen(req, timeout=5).close()
+        except (urllib.error.URLError, OSError):
+            pass
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)  # its own session: the server and the kernels it started
+            except ProcessLookupError:
+                break
+        try:
+            proc.wait(timeout=15)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# Text of the output area holding the slider, without the slider's own label and readout:
+# the metrics the panel displays (HTML widgets, printed text, table cells).
+METRICS_JS = """
+slider => {
+  const area = slider.closest('.jp-OutputArea') || slider.parentElement;
+  const copy = area.cloneNode(true);
+  copy.querySelectorAll('.widget-slider, .widget-readout').forEach(e => e.remove());
+  return copy.innerText.replace(/\\s+/g, ' ').trim();
+}
+"""
+
+
+def _accept_kernel_dialog(page) -> None:
+    """Accept a "Select Kernel" dialog if JupyterLab shows one (it proposes the notebook's own)."""
+    dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    try:
+        dialog.wait_for(state="visible", timeout=2000)
+    except Exception:  # playwright's TimeoutError: no dialog, nothing to do
+        return
+    dialog.locator(".jp-mod-accept").click()
+    dialog.wait_for(state="hidden", timeout=10_000)
+
+
+def _open_and_run_all(page, server: LabServer, notebook: str) -> None:
+    page.goto(f"{server.url}/lab/tree/{notebook}?reset&token={server.token}")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=SERVER_START_S * 1000)
+    # the kernel must be up before Run All, or the first cells queue behind its start
+    page.wait_for_selector(".jp-NotebookPanel [data-status='idle']",
+                           timeout=SERVER_START_S * 1000)
+    _accept_kernel_dialog(page)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+
+def drive_k_slider(server: LabServer, notebook: str, screenshot: Path) -> tuple[str, str]:
+    """Open ``notebook``, run all cells, move the k slider; return the metrics text before/after."""
+    from playwright.sync_api import sync_playwright
+
+    failure_shot = screenshot.with_name(screenshot.stem + "_failure.png")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), headless=True,
+                                     args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            try:
+                _open_and_run_all(page, server, notebook)
+                slider = page.locator(".widget-slider").filter(
+                    has=page.locator(".widget-label", has_text=re.compile(r"^\s*k\s*$"))).first
+                slider.wait_for(state="visible", timeout=NOTEBOOK_RUN_S * 1000)
+                slider.scroll_into_view_if_needed()
+                handle = slider.locator(".noUi-handle").first
+                # the panel fills its metrics in once the slider's first value is rendered
+                page.wait_for_function(
+                    f"s => ({METRICS_JS})(s).match(/[0-9]/)", arg=slider.element_handle(),
+                    timeout=WIDGET_REACT_S * 1000)
+                before = slider.evaluate(METRICS_JS)
+                value_before = handle.get_attribute("aria-valuenow")
+                handle.focus()
+                for _ in range(3):
+                    # ArrowRight adds one step; at the maximum go down instead
+                    page.keyboard.press("ArrowRight")
+                if handle.get_attribute("aria-valuenow") == value_before:
+                    for _ in range(6):
+                        page.keyboard.press("ArrowLeft")
+                page.wait_for_function(
+                    f"([s, b]) => ({METRICS_JS})(s) !== b",
+                    arg=[slider.element_handle(), before], timeout=WIDGET_REACT_S * 1000)
+                page.wait_for_timeout(500)  # let figures in the panel finish redrawing
+                after = slider.evaluate(METRICS_JS)
+                assert handle.get_attribute("aria-valuenow") != value_before
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                slider.scroll_into_view_if_needed()
+                page.screenshot(path=str(screenshot), full_page=False)
+                return before, after
+            except BaseException:
+                failure_shot.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    page.screenshot(path=str(failure_shot), full_page=False)
+                except Exception:  # the page itself may be gone; keep the original error
+                    pass
+                raise
+        finally:
+            browser.close()
+
+
+def test_notebook_03_k_slider_updates_metrics():
+    pytest.importorskip("playwright")
+    chromium = _chromium()
+    assert chromium
+    notebook = ROOT / NOTEBOOK
+    assert notebook.exists(), f"{NOTEBOOK} is missing"
+    original = notebook.read_bytes()
+    checkpoints = notebook.parent / ".ipynb_checkpoints"
+    had_checkpoints = checkpoints.exists()
+    try:
+        # `make` exports MPLBACKEND=agg for headless runs; in the browser figures must show inline
+        env = {"MOIT_SMOKE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+        with jupyter_lab(ROOT, env) as server:
+            try:
+                before, after = drive_k_slider(server, NOTEBOOK, ARTIFACTS / "browser_03.png")
+            except Exception as err:
+                raise AssertionError(f"{err}\n--- JupyterLab log ---\n{server.log_tail()}") from err
+    finally:
+        # guard: the browser session must leave the committed (output-free) notebook untouched
+        if notebook.read_bytes() != original:
+            notebook.write_bytes(original)
+        if not had_checkpoints:  # JupyterLab makes one when it opens a notebook
+            shutil.rmtree(checkpoints, ignore_errors=True)
+    assert before != after, f"the metrics did not change when k moved: {before!r}"
+    assert (ARTIFACTS / "browser_03.png").stat().st_size > 10_000
