@@ -1,0 +1,91 @@
+"""Time of the batched augmenters per batch, on CPU and on CUDA when available.
+
+ComplexAugment (MOIT, spec §2) and SimpleAugment (MOIT+, spec §4) on uint8 batches of
+B = 128 and 512 images of 1x28x28 (Fashion-MNIST) and 3x32x32 (CIFAR). Prints the median over
+repeats in ms per batch and images per second.
+
+    .venv/bin/python benchmarks/bench_augment.py [--device cpu|cuda|all] [--repeats 20]
+                                                 [--threads N] [--batch-sizes 128 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from moit_explore.augment import ComplexAugment, Normalize, SimpleAugment
+
+SHAPES = ((1, 28, 28), (3, 32, 32))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int,
+          warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bench(device: torch.device, batch_sizes: list[int], repeats: int) -> list[dict]:
+    rows = []
+    g = torch.Generator(device=device).manual_seed(0)
+    for shape in SHAPES:
+        c = shape[0]
+        mean, std = (0.5,) * c, (0.25,) * c
+        augs = {"complex": ComplexAugment(mean, std), "simple": SimpleAugment(mean, std),
+                "none": Normalize(mean, std)}
+        for B in batch_sizes:
+            x = torch.randint(0, 256, (B, *shape), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(B)).to(device)
+            for name, aug in augs.items():
+                ms = _time(lambda aug=aug, x=x: aug(x, generator=g), device, repeats)
+                rows.append({"device": str(device), "augment": name,
+                             "shape": "x".join(map(str, shape)), "batch": B, "ms": ms,
+                             "images_per_s": B / ms * 1e3})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = []
+    if args.device in ("cpu", "all"):
+        devices.append(torch.device("cpu"))
+    if args.device in ("cuda", "all"):
+        if torch.cuda.is_available():
+            devices.append(torch.device("cuda"))
+        elif args.device == "cuda":
+            raise SystemExit("no CUDA device available; run with --device cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    print(f"{'device':<7} {'augment':<8} {'shape':<8} {'batch':>5} {'ms/batch':>9} "
+          f"{'images/s':>11}")
+    for dev in devices:
+        for r in bench(dev, args.batch_sizes, args.repeats):
+            print(f"{r['device']:<7} {r['augment']:<8} {r['shape']:<8} {r['batch']:>5} "
+                  f"{r['ms']:>9.2f} {r['images_per_s']:>11,.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""Command line: ``python -m moit_explore <command> ...`` (also installed as ``moit-explore``).
+
+Commands:
+
+- ``train --preset P [--field-name value ...]``: every :class:`~moit_explore.config.TrainConfig`
+  field is a flag (tuples as comma lists, booleans as ``--x`` / ``--no-x``); ``--resume RUN_DIR``
+  continues a run; ``--dry-run`` prints the validated configuration.
+- ``finetune RUN_DIR [--field-name value ...]``: MOIT+ from a finished run (FinetuneConfig).
+- ``detect RUN_DIR --k 100 [--balance median]``: re-run the noise detection on a run's final
+  features and print its metrics (writes nothing unless ``--out NEW_FILE.npz``).
+- ``report RUN_DIR ... [--out DIR]``: a table of test accuracy and detection per run (+ figures).
+- ``demo``: CE vs MOIT vs MOIT+ on a noisy Fashion-MNIST subset (``make demo``).
+- ``fetch NAME``: download a data set.
+- ``presets``: list the presets.
+
+Invalid flags or values fail with a message before any data is loaded or any epoch runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from moit_explore import config as cfg_mod
+
+__all__ = ["build_parser", "main"]
+
+
+# --------------------------------------------------------------------------- dataclass -> flags
+
+
+def _parse_tuple(text: str) -> tuple[int, ...]:
+    text = text.strip()
+    if text in ("", "none", "None", "()"):
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of integers such as 125,200, got {text!r}") from None
+
+
+def _optional(conv: Any) -> Any:
+    def parse(text: str) -> Any:
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        return conv(text)
+    parse.__name__ = getattr(conv, "__name__", "value")
+    return parse
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field; only the flags given on the command line override."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} fields")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        args = typing.get_args(tp)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), tp) if optional else tp
+        choices = f.metadata.get("choices")
+        help_text = f.metadata.get("help", "")
+        default = f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{help_text} (default: {shown})".replace("%", "%%")
+        # SUPPRESS: an absent flag leaves no attribute, so an explicit "none" still overrides
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if base is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if typing.get_origin(base) is tuple:
+            conv: Any = _parse_tuple
+            kw["metavar"] = "N,N,..."
+        elif base is int:
+            conv = _int
+        elif base is float:
+            conv = _float
+        else:
+            conv = str
+        if choices:
+            kw["choices"] = list(choices)
+        group.add_argument(flag, type=_optional(conv) if optional else conv, **kw)
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if hasattr(args, f.name)}
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m moit_explore",
+        description="MOIT / MOIT+ (Ortego et al., CVPR 2021): training, noise detection and "
+                    "reports for learning with noisy labels.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train one configuration into runs/<name>",
+                       description="Train MOIT or a baseline. Every TrainConfig field is a "
+                                   "flag; --preset picks the starting values.")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its checkpoint "
+                   "(only --epochs, --progress, --device, ... may change)")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the validated configuration and exit")
+    _add_fields(t, cfg_mod.TrainConfig)
+    # --preset chooses from the presets (the field records it)
+    for action in t._actions:
+        if action.dest == "preset":
+            action.choices = list(cfg_mod.PRESETS)
+            action.help = "starting values: " + ", ".join(cfg_mod.PRESETS)
+
+    f = sub.add_parser("finetune", help="MOIT+: fine-tune a finished run on its clean samples",
+                       description="MOIT+ (spec §4) from RUN_DIR's final weights and last "
+                                   "detection; writes RUN_DIR/finetune/.")
+    f.add_argument("run_dir", metavar="RUN_DIR")
+    f.add_argument("--preset", choices=list(cfg_mod.FINETUNE_PRESETS),
+                   help="fine-tuning preset (default: the one matching the run's preset)")
+    _add_fields(f, cfg_mod.FinetuneConfig)
+
+    d = sub.add_parser("detect", help="re-run the noise detection on a run's final features")
+    d.add_argument("run_dir", metavar="RUN_DIR")
+    d.add_argument("--k", type=_int, default=None, help="neighbours (default: the run's k)")
+    d.add_argument("--balance", choices=list(cfg_mod.BALANCE_CHOICES), default=None,
+                   help="class balancing (default: the run's)")
+    d.add_argument("--backend", choices=list(cfg_mod.BACKEND_CHOICES), default="auto")
+    d.add_argument("--out", metavar="FILE.npz", default=None,
+                   help="also write the detection to this NEW file (never overwritten)")
+
+    r = sub.add_parser("report", help="table of test accuracy and detection for runs")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--out", metavar="DIR", default=None,
+                   help="write report.md and figures into DIR")
+
+    m = sub.add_parser("demo", help="CE vs MOIT vs MOIT+ on a noisy Fashion-MNIST subset")
+    m.add_argument("--root", default="runs", help="folder for the demo's run directory")
+    m.add_argument("--name", default="demo", help="run directory name (a free -2, -3 ... "
+                   "suffix is added when it exists)")
+    m.add_argument("--preset", default="cpu-demo", choices=list(cfg_mod.PRESETS))
+    m.add_argument("--noise", default="symmetric", choices=list(cfg_mod.NOISE_CHOICES))
+    m.add_argument("--rate", type=_float, default=0.4)
+    m.add_argument("--no-progress", dest="progress", action="store_false")
+
+    g = sub.add_parser("fetch", help="download a data set into --root")
+    g.add_argument("name", help="digits, fashion-mnist, cifar10 or cifar100")
+    g.add_argument("--root", default="data")
+
+    sub.add_parser("presets", help="list the training and fine-tuning presets")
+    return p
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from moit_explore import train
+
+    given = _given(args, cfg_mod.TrainConfig)
+    if args.resume:
+        bad = sorted(set(given) - set(train.RESUMABLE_FIELDS))
+        if bad:
+            raise ValueError(
+                f"--resume continues a run with its own configuration; cannot change "
+                f"{', '.join('--' + b.replace('_', '-') for b in bad)}. Allowed: "
+                f"{', '.join('--' + b.replace('_', '-') for b in train.RESUMABLE_FIELDS)}")
+        if args.dry_run:
+            print(f"would resume {args.resume} with {given}")
+            return 0
+        path = train.resume(args.resume, **given)
+        print(f"run directory: {path}")
+        return 0
+    name = given.pop("preset", None)
+    cfg = cfg_mod.preset(name, **given).validate()
+    if args.dry_run:
+        for k, v in cfg.to_dict().items():
+            print(f"{k:18s} {v}")
+        return 0
+    path = train.train(cfg)
+    _print_summary(path)
+    return 0
+
+
+def _print_summary(path: Path) -> None:
+    from moit_explore import runs
+
+    m = runs.load_run(path).metrics
+    if len(m):
+        last = m.iloc[-1]
+        print(f"run directory: {path}\nlast epoch {int(last['epoch'])}: test acc "
+              f"{last['test_acc']:.4f} (best {m['test_acc'].max():.4f})")
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from moit_explore import runs, train
+
+    given = _given(args, cfg_mod.FinetuneConfig)
+    base = runs.load_run(args.run_dir).config
+    name = args.preset or cfg_mod.finetune_preset_for(base.get("preset"), base.get("rate"),
+                                                      base.get("noise"))
+    fcfg = cfg_mod.finetune_preset(name, **given).validate()
+    path = train.finetune(args.run_dir, fcfg)
+    _print_summary(path)
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from moit_explore import detection, runs
+
+    run = runs.load_run(args.run_dir)
+    final = run.final()
+    k = args.k if args.k is not None else int(run.config.get("k", 250))
+    balance = args.balance or run.config.get("balance", "median")
+    n = len(final["labels_given"])
+    if not 1 <= k < n:
+        raise ValueError(f"--k {k} must be in [1, {n - 1}] for the {n} training images")
+    if args.out and Path(args.out).exists():
+        raise FileExistsError(f"{args.out} exists; pass a new file name to --out (this command "
+                              "never overwrites)")
+    given = final["labels_given"].copy()
+    det = detection.detect_noise(final["features"].astype(np.float32), given,
+                                 int(run.config.get("num_classes", int(given.max()) + 1)), k=k,
+                                 balance=balance, backend=args.backend)
+    print(f"{run.path}: detection on the final features, k={k}, balance={balance}")
+    if run.config.get("true_labels_known", True):
+        is_noisy = final["labels_given"] != final["labels_true"]
+        met = detection.detection_metrics(np.asarray(det.clean, bool), is_noisy,
+                                          det.discrepancy)
+        for key, v in met.items():
+            print(f"  {key:20s} {v:.4f}")
+    else:
+        print(f"  selected_frac        {float(np.mean(det.clean)):.4f} (true labels unknown)")
+    if args.out:
+        np.savez(args.out, clean=np.asarray(det.clean, bool), discrepancy=det.discrepancy,
+                 soft_labels=det.soft_labels, corrected_labels=det.corrected_labels, k=k,
+                 balance=balance)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def report_table(run_dirs: list[str | Path]) -> Any:
+    """A DataFrame with one row per run (and per finetune/ inside it)."""
+    import pandas as pd
+
+    from moit_explore import runs
+
+    rows = []
+    for d in run_dirs:
+        run = runs.load_run(d)
+        todo = [run] + ([run.finetune()] if run.has_finetune else [])
+        for r in todo:
+            m, c = r.metrics, r.config
+            last = m.iloc[-1] if len(m) else {}
+
+            def get(key: str, row: Any = last) -> float:
+                v = row.get(key) if hasattr(row, "get") else None
+                return float(v) if v is not None else float("nan")
+
+            rows.append({
+                "run": str(r.path), "method": c.get("method"), "noise": c.get("noise"),
+                "rate": c.get("rate"), "epochs": int(last["epoch"]) if len(m) else 0,
+                "test_acc_last": get("test_acc"),
+                "test_acc_best": float(m["test_acc"].max()) if "test_acc" in m else float("nan"),
+                "det_precision": get("det_precision"), "det_recall": get("det_recall"),
+                "det_f1": get("det_f1"),
+            })
+    return pd.DataFrame(rows)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    table = report_table(args.run_dirs)
+    text = table.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() \
+        else table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    print(text)
+    if args.out:
+        from moit_explore import demo, runs
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(text + "\n")
+        written = demo.write_figures([runs.load_run(d) for d in args.run_dirs], out)
+        for p in written:
+            print(f"wrote {p}")
+    return 0
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from moit_explore import demo
+
+    demo.run_demo(root=args.root, name=args.name, preset=args.preset, noise=args.noise,
+                  rate=args.rate, progress=args.progress)
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from moit_explore import datasets
+
+    print(datasets.fetch(args.name, args.root))
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    print("training presets (train --preset NAME):")
+    for name in cfg_mod.PRESETS:
+        c = cfg_mod.preset(name)
+        print(f"  {name:15s} {c.dataset}, n_train={c.n_train}, {c.arch} w{c.width}, "
+              f"{c.epochs} epochs, k={c.k}, correction from epoch {c.correction_start + 1}")
+    print("fine-tuning presets (finetune --preset NAME):")
+    for name in cfg_mod.FINETUNE_PRESETS:
+        c = cfg_mod.finetune_preset(name)
+        print(f"  {name:15s} {c.epochs} epochs, lr {c.lr}, bootstrapping from epoch "
+              f"{c.bootstrap_start + 1}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "finetune": _cmd_finetune, "detect": _cmd_detect,
+            "report": _cmd_report, "demo": _cmd_demo, "fetch": _cmd_fetch,
+            "presets": _cmd_presets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse reports the problem itself
+        return int(e.code) if isinstance(e.code, int) else 2
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with: python -m moit_explore train --resume RUN_DIR",
+              file=sys.stderr)
+        return 130

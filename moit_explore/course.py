@@ -1,0 +1,169 @@
+"""Helpers shared by the course notebooks: smoke mode, and training runs cached on disk.
+
+The notebooks call the package; anything two notebooks need lives here (or in ``analysis`` /
+``viz`` when it is analysis). No algorithm code: :func:`course_run` only picks a configuration
+and calls :func:`moit_explore.train.train`, and returns the run directory it wrote, which later
+notebooks reuse instead of training again.
+
+Smoke mode (``MOIT_SMOKE=1``, set by ``make test``) makes every notebook finish in well under a
+minute on two CPU cores: the "smoke" preset trains on a small data set for a few epochs. Without
+it the notebooks use the "cpu-demo" preset, which takes minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+__all__ = [
+    "SMOKE",
+    "course_run",
+    "data_root",
+    "expected_time",
+    "preset",
+    "project_root",
+    "run_name",
+    "runs_dir",
+    "write_demo_imagefolder",
+]
+
+SMOKE: bool = os.environ.get("MOIT_SMOKE") == "1"
+
+# Rough wall-clock times per notebook on a 2-core laptop CPU with an empty run cache; a run
+# that is already cached under runs/course/ is reused, so a second pass takes seconds.
+_EXPECTED = {
+    "smoke": "about 30-60 s with an empty run cache, seconds once the runs are cached",
+    "cpu-demo": "about 5-15 min on a laptop CPU with an empty run cache (the training runs), "
+                "under a minute once runs/course/ holds them",
+}
+
+
+def preset(smoke: bool | None = None) -> str:
+    """The training preset the notebooks use: "smoke" in smoke mode, else "cpu-demo".
+
+    smoke: None follows ``MOIT_SMOKE`` (:data:`SMOKE`); True/False forces it.
+    """
+    return "smoke" if (SMOKE if smoke is None else smoke) else "cpu-demo"
+
+
+def expected_time(preset_name: str | None = None) -> str:
+    """One line saying how long a notebook takes with ``preset_name`` (default: :func:`preset`)."""
+    name = preset_name or preset()
+    return f"preset {name!r}: {_EXPECTED.get(name, 'depends on the preset')}"
+
+
+def project_root() -> Path:
+    """The repository holding the notebooks (found from the working directory upwards; the
+    notebooks run with their own folder as working directory), else the working directory."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "moit_explore").is_dir():
+            return folder
+    return here
+
+
+def runs_dir() -> Path:
+    """Where course runs are cached: ``$MOIT_COURSE_RUNS`` or ``<repository>/runs/course``."""
+    env = os.environ.get("MOIT_COURSE_RUNS")
+    return Path(env).expanduser() if env else project_root() / "runs" / "course"
+
+
+def data_root() -> Path:
+    """The data folder the package looks in: ``<repository>/data`` (see ``data/README.md``)."""
+    return project_root() / "data"
+
+
+def write_demo_imagefolder(folder: str | Path, *, per_class: int = 40, n_misfiled: int = 8,
+                           classes: tuple[int, ...] = (0, 1, 5, 8), seed: int = 0):
+    """Write Fashion-MNIST test images as PNGs into ``folder/<class>/``, a few deliberately in
+    the wrong class folder, to try the label-issue finder on an image folder of known truth.
+
+    per_class: images per class; classes: Fashion-MNIST class indices to use (default
+    T-shirt/top, Trouser, Sandal, Bag: distinct enough that a short training separates them).
+    Returns a DataFrame of the misfiled images: path, true class, folder class.
+    """
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from moit_explore import datasets
+
+    if per_class < 2 or n_misfiled < 1 or n_misfiled > per_class * len(classes) // 4:
+        raise ValueError(f"need per_class >= 2 and 1 <= n_misfiled <= a quarter of the images "
+                         f"({per_class * len(classes) // 4}); got per_class={per_class}, "
+                         f"n_misfiled={n_misfiled}")
+    fmnist = datasets.load_dataset("fashion-mnist", root=data_root())
+    rng = np.random.default_rng(seed)
+    # folder names cannot hold "/" (T-shirt/top)
+    names = [fmnist.classes[c].replace("/", "-") for c in classes]
+    picked = [rng.choice(np.flatnonzero(fmnist.test_labels == c), per_class, replace=False)
+              for c in classes]
+    items = [(int(i), pos) for pos, idx in enumerate(picked) for i in idx]
+    wrong = set(rng.choice(len(items), n_misfiled, replace=False).tolist())
+    folder = Path(folder).expanduser()
+    rows = []
+    for n, (i, pos) in enumerate(items):
+        # a misfiled image goes to a random other class folder
+        dest = (pos + int(rng.integers(1, len(classes)))) % len(classes) if n in wrong else pos
+        path = folder / names[dest] / f"fmnist_test_{i:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(fmnist.test_images[i, :, :, 0]).save(path)
+        if n in wrong:
+            rows.append({"path": str(path), "true": names[pos], "folder": names[dest]})
+    return pd.DataFrame(rows, columns=["path", "true", "folder"])
+
+
+def run_name(method: str, noise: str = "symmetric", rate: float = 0.4, preset_name: str = "smoke",
+             **overrides) -> str:
+    """The cache folder name of a course run, e.g. ``smoke-moit-symmetric-40``; overrides add a
+    short hash of their values, so different settings never share a folder."""
+    name = f"{preset_name}-{method.replace('+', 'plus')}-{noise}-{round(rate * 100):02d}"
+    if overrides:
+        key = json.dumps(overrides, sort_keys=True, default=str).encode()
+        name += "-" + hashlib.sha1(key).hexdigest()[:8]
+    return name
+
+
+def _complete(path: Path) -> bool:
+    # train.py writes embeddings/final.npz after the last epoch, so it marks a finished run
+    return (path / "config.json").is_file() and (path / "embeddings" / "final.npz").is_file()
+
+
+def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
+               preset: str | None = None, *, progress: bool = True, **overrides):
+    """A finished training run for the course: the cached one under ``runs/course/<name>`` when
+    complete, else trained now with :func:`moit_explore.train.train` (tqdm progress).
+
+    method: "ce" | "mixup" | "supcon" | "icl" | "moit" | "moit+" ("moit+" fine-tunes the
+    cached "moit" run, into its ``finetune/`` folder). preset: default :func:`preset`
+    ("smoke" under ``MOIT_SMOKE=1``, else "cpu-demo"). overrides: TrainConfig fields.
+    Training writes to a temporary folder renamed into place at the end, so an interrupted
+    run is never mistaken for a cached one. Returns a :class:`moit_explore.runs.Run`.
+    """
+    from moit_explore import runs, train
+
+    preset_name = preset or _default_preset()
+    if method == "moit+":
+        base = course_run("moit", noise, rate, preset_name, progress=progress, **overrides)
+        target = Path(base.path) / "finetune"
+        if not _complete(target):
+            train.finetune(base.path, progress=progress)
+        return runs.load_run(target)
+    target = runs_dir() / run_name(method, noise, rate, preset_name, **overrides)
+    if not _complete(target):
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        train.train(method=method, preset=preset_name, noise=noise, noise_rate=rate,
+                    out_dir=tmp, progress=progress, **overrides)
+        if _complete(target):  # another process finished it meanwhile: keep that one
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+    return runs.load_run(target)
+
+
+_default_preset = preset  # course_run's argument ``preset`` shadows the function inside it

@@ -1,0 +1,680 @@
+"""Interactive panels for the notebooks (ipywidgets 8, imported lazily).
+
+Each panel is a plain object: ``panel.update(**params)`` recomputes and returns the numbers
+(tests call it without a browser), ``panel.widget()`` builds the ipywidgets UI once and binds
+its controls to ``update``, and a panel that is the last expression of a cell displays that UI.
+After ``widget()`` exists, ``update`` also redraws it.
+
+The numbers are shown in an ``ipywidgets.HTML`` element with the CSS class ``moit-metrics``
+(e.g. "precision 0.812 · recall 0.734 · F1 0.771 · selected 41,233"); the k slider's
+description is "k". Plots are rendered with a pyplot-free matplotlib figure into an
+``ipywidgets.Image``, so nothing piles up in pyplot's figure list.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from moit_explore import detection as det_mod
+
+__all__ = ["EpochPanel", "KSliderPanel", "SuspiciousImagesPanel", "ThresholdPanel"]
+
+METRICS_CSS_CLASS = "moit-metrics"
+_D_MAX = -math.log(det_mod.CLIP_LOW)  # the largest possible discrepancy (p clipped at 0.01)
+
+
+def _ipw():
+    try:
+        import ipywidgets  # noqa: PLC0415 -- optional (notebook extra)
+    except ImportError as err:
+        raise ImportError("the interactive panels need ipywidgets 8: `pip install ipywidgets` "
+                          "(or `pip install -e '.[notebooks]'`); update() works without it"
+                          ) from err
+    return ipywidgets
+
+
+def _figure(width: float, height: float):
+    """A matplotlib Figure with an Agg canvas that pyplot does not track."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Any, dpi: int = 80) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def metrics_html(metrics: dict[str, Any]) -> str:
+    """The one-line metrics text, e.g. 'precision 0.812 · recall 0.734 · F1 0.771 · selected
+    41,233', inside a <span class="moit-metrics">."""
+    names = [("k", "k"), ("threshold", "threshold"), ("epoch", "epoch"),
+             ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
+             ("auroc", "AUROC"), ("selected_noise_rate", "noise in selected"),
+             ("n_selected", "selected"), ("n_flagged", "flagged"),
+             ("knn_acc_true", "kNN acc (true)"), ("knn_acc_given", "kNN acc (given)"),
+             ("noisy_agree_given", "noisy ↦ given"), ("noisy_agree_true", "noisy ↦ true"),
+             ("distance_ratio_given", "within/between")]
+    parts = [f"{label} {_fmt(metrics[key])}" for key, label in names if key in metrics]
+    return f'<span class="{METRICS_CSS_CLASS}">{" · ".join(parts)}</span>'
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    """Run torch ops with ``n`` intra-op threads, then restore.
+
+    WHY: detection's small per-k ops (sorts, bincounts on 60k rows) run several times slower
+    with OpenMP threads that spin against each other on a busy 2-core machine.
+    """
+    if n is None:
+        yield
+        return
+    import torch  # noqa: PLC0415
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _noisy_prf(clean: np.ndarray, noisy: np.ndarray) -> dict[str, float]:
+    """Precision/recall/F1 of flagging (= not clean) as a detector of the noisy samples."""
+    flagged = ~clean
+    tp = int(np.count_nonzero(flagged & noisy))
+    fp = int(np.count_nonzero(flagged)) - tp
+    fn = int(np.count_nonzero(noisy)) - tp
+    nan = float("nan")
+    n_sel = int(np.count_nonzero(clean))
+    return {
+        "precision": tp / (tp + fp) if tp + fp else nan,
+        "recall": tp / (tp + fn) if tp + fn else nan,
+        "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else nan,
+        "selected_noise_rate": fn / n_sel if n_sel else nan,
+    }
+
+
+def _check_balance(balance: Any) -> str:
+    if balance not in det_mod.BALANCE_CHOICES:
+        raise ValueError(f"balance={balance!r} is not valid; choose one of "
+                         f"{', '.join(det_mod.BALANCE_CHOICES)}")
+    return str(balance)
+
+
+def _bool_array(x: Any, n: int, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
+    return a.astype(bool)
+
+
+class _Panel:
+    """Shared UI plumbing: widget() builds once, the panel displays as its widget."""
+
+    _ui: Any = None
+
+    def widget(self) -> Any:
+        """The ipywidgets UI (built on first call)."""
+        if self._ui is None:
+            self._ui = self._build()
+            self._redraw()
+        return self._ui
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget()._repr_mimebundle_(**kwargs)
+
+    def _build(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _redraw(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _maybe_redraw(self) -> None:
+        if self._ui is not None:
+            self._redraw()
+
+
+# --------------------------------------------------------------------------- k slider
+
+
+class KSliderPanel(_Panel):
+    """Detection as a function of k from ONE neighbour search (spec §3 with k <= k_max).
+
+    neighbors: detection.Neighbors from detection.knn_search(features, k_max); labels (N,)
+    given labels; is_noisy (N,) bool when the truth is known (precision/recall/F1/AUROC), else
+    the panel reports what was selected. ``update(k)`` runs detection.detect_from_neighbors and
+    returns the metrics; ``histograms`` holds the discrepancy histograms (clean vs noisy, or
+    selected vs flagged without ``is_noisy``). torch_threads: intra-op threads while detecting
+    (1 by default, see :func:`_torch_threads`; None leaves torch's setting alone).
+    """
+
+    def __init__(
+        self,
+        neighbors: det_mod.Neighbors,
+        labels: Any,
+        num_classes: int,
+        is_noisy: Any = None,
+        balance: str = "median",
+        *,
+        k: int | None = None,
+        bins: int = 24,
+        torch_threads: int | None = 1,
+    ) -> None:
+        if not isinstance(neighbors, det_mod.Neighbors):
+            raise ValueError("neighbors must be a detection.Neighbors: compute it once with "
+                             "detection.knn_search(features, k_max)")
+        self.neighbors = neighbors
+        self.k_max = int(neighbors.indices.shape[1])
+        n = int(neighbors.indices.shape[0])
+        self.labels = np.asarray(labels)
+        if self.labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},) like the neighbour table, got "
+                             f"{self.labels.shape}")
+        self.num_classes = int(num_classes)
+        self.is_noisy = None if is_noisy is None else _bool_array(is_noisy, n, "is_noisy")
+        self.balance = _check_balance(balance)
+        self.edges = np.linspace(0.0, _D_MAX * 1.0001, bins + 1)
+        self.torch_threads = torch_threads
+        self.k = min(250, self.k_max) if k is None else self._check_k(k)
+        self.detection: det_mod.Detection | None = None
+        self.histograms: dict[str, np.ndarray] = {}
+        self.last: dict[str, Any] = {}
+        self._syncing = False
+        self.update(self.k)
+
+    def _check_k(self, k: Any) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.k_max:
+            raise ValueError(f"k={k!r} must be an integer in [1, {self.k_max}] (the neighbour "
+                             "table's k_max; search more neighbours for a larger k)")
+        return int(k)
+
+    def _compute(self, k: int, balance: str) -> tuple[dict[str, Any], det_mod.Detection]:
+        with _torch_threads(self.torch_threads):
+            det = det_mod.detect_from_neighbors(self.neighbors, self.labels, self.num_classes,
+                                                k=k, balance=balance)
+        clean = det.clean
+        n_sel = int(np.count_nonzero(clean))
+        out: dict[str, Any] = {"k": k, "balance": balance}
+        if self.is_noisy is not None:
+            out.update(det_mod.detection_metrics(clean, self.is_noisy, det.discrepancy))
+        else:
+            out["selected_frac"] = n_sel / clean.size
+        out.update(n_selected=n_sel, n_flagged=int(clean.size - n_sel))
+        return out, det
+
+    def metrics(self, k: int | None = None, balance: str | None = None) -> dict[str, Any]:
+        """The metrics at ``k`` (default: the current one) without changing the panel."""
+        k = self.k if k is None else self._check_k(k)
+        balance = self.balance if balance is None else balance
+        return self._compute(k, balance)[0]
+
+    def update(self, k: int | None = None, balance: str | None = None) -> dict[str, Any]:
+        """Detect at ``k`` (and ``balance``), store and return the metrics, redraw the UI."""
+        k = self.k if k is None else self._check_k(k)
+        if balance is not None:
+            self.balance = _check_balance(balance)
+        out, det = self._compute(k, self.balance)
+        self.k, self.detection, self.last = k, det, out
+        group = self.is_noisy if self.is_noisy is not None else ~det.clean
+        self.histograms = {
+            "edges": self.edges,
+            "clean" if self.is_noisy is not None else "selected":
+                np.histogram(det.discrepancy[~group], self.edges)[0],
+            "noisy" if self.is_noisy is not None else "flagged":
+                np.histogram(det.discrepancy[group], self.edges)[0],
+        }
+        self._maybe_redraw()
+        return out
+
+    # -- UI
+    def _build(self) -> Any:
+        w = _ipw()
+        self._slider = w.IntSlider(value=self.k, min=1, max=self.k_max, step=1, description="k",
+                                   continuous_update=False)
+        self._balance = w.Dropdown(options=list(det_mod.BALANCE_CHOICES), value=self.balance,
+                                   description="balance")
+        self._html = w.HTML()
+        self._html.add_class(METRICS_CSS_CLASS)
+        self._image = w.Image(format="png")
+
+        def on_change(_change: Any) -> None:
+            if not self._syncing:
+                self.update(k=int(self._slider.value), balance=str(self._balance.value))
+
+        self._slider.observe(on_change, names="value")
+        self._balance.observe(on_change, names="value")
+        return w.VBox([w.HBox([self._slider, self._balance]), self._html, self._image])
+
+    def _redraw(self) -> None:
+        self._syncing = True
+        try:
+            self._slider.value = self.k
+            self._balance.value = self.balance
+        finally:
+            self._syncing = False
+        self._html.value = metrics_html(self.last)
+        names = [key for key in self.histograms if key != "edges"]
+        if getattr(self, "_fig", None) is None:
+            # one figure for the panel's life: a k change only resets bar heights (cheaper)
+            self._fig = _figure(5.5, 2.6)
+            ax = self._fig.add_subplot()
+            centers = (self.edges[:-1] + self.edges[1:]) / 2
+            width = self.edges[1] - self.edges[0]
+            self._bars = [ax.bar(centers, self.histograms[key], width=width, color=color,
+                                 alpha=0.6, label=key)
+                          for key, color in zip(names, ("tab:blue", "tab:red"), strict=True)]
+            ax.set(xlabel="discrepancy  -log p(given)", ylabel="samples")
+            ax.legend(fontsize="small")
+        ax = self._fig.axes[0]
+        for bars, key in zip(self._bars, names, strict=True):
+            for bar, height in zip(bars, self.histograms[key], strict=True):
+                bar.set_height(height)
+        top = max(int(self.histograms[key].max(initial=0)) for key in names)
+        ax.set_ylim(0, max(1, top) * 1.05)
+        ax.set_title(f"k = {self.k}, balance = {self.balance}")
+        self._image.value = _png(self._fig)
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+CRITERIA = ("threshold", *det_mod.BALANCE_CHOICES)
+
+
+class ThresholdPanel(_Panel):
+    """Clean selection by a discrepancy threshold (clean = d <= t) or a balance criterion.
+
+    ThresholdPanel(discrepancy, labels, agree, num_classes, is_noisy=None): all criteria
+    ("threshold", "none", "min", "median", "max"; the balance ones via detection.select_clean).
+    ThresholdPanel(discrepancy, is_noisy): a bool array in second place is taken as is_noisy,
+    and only the threshold criterion is available. ``discrepancy`` may be a
+    detection.Detection (its discrepancy and agree are used). ``update(threshold=,
+    criterion=)`` returns n_selected, selected_frac and, with is_noisy, precision/recall/F1 of
+    the noisy class and the noise rate among the selected.
+    """
+
+    def __init__(
+        self,
+        discrepancy: Any,
+        labels: Any = None,
+        agree: Any = None,
+        num_classes: int | None = None,
+        is_noisy: Any = None,
+        *,
+        threshold: float | None = None,
+        criterion: str = "threshold",
+        bins: int = 30,
+    ) -> None:
+        if isinstance(discrepancy, det_mod.Detection):
+            agree = discrepancy.agree if agree is None else agree
+            num_classes = num_classes or discrepancy.soft_labels.shape[1]
+            discrepancy = discrepancy.discrepancy
+        self.discrepancy = np.asarray(discrepancy, dtype=np.float64)
+        if self.discrepancy.ndim != 1:
+            raise ValueError(f"discrepancy must be 1-D (N,), got shape {self.discrepancy.shape}")
+        n = self.discrepancy.shape[0]
+        if labels is not None and np.asarray(labels).dtype == np.bool_ and is_noisy is None:
+            labels, is_noisy = None, labels
+        self.labels = None if labels is None else np.asarray(labels)
+        if self.labels is not None and self.labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {self.labels.shape}")
+        self.agree = None if agree is None else _bool_array(agree, n, "agree")
+        self.num_classes = num_classes
+        self.is_noisy = None if is_noisy is None else _bool_array(is_noisy, n, "is_noisy")
+        self.order = np.sort(self.discrepancy)
+        self.edges = np.linspace(0.0, max(float(self.discrepancy.max(initial=0.0)), 1e-3),
+                                 bins + 1)
+        self.criterion = self._check_criterion(criterion)
+        self.threshold = float(np.median(self.discrepancy)) if threshold is None and n \
+            else float(threshold or 0.0)
+        self.clean = np.zeros(n, dtype=bool)
+        self.last: dict[str, Any] = {}
+        self._syncing = False
+        self.update()
+
+    @property
+    def criteria(self) -> tuple[str, ...]:
+        """The criteria this panel can use (balance ones need labels, agree, num_classes)."""
+        ok = self.labels is not None and self.agree is not None and self.num_classes is not None
+        return CRITERIA if ok else ("threshold",)
+
+    def _check_criterion(self, criterion: str) -> str:
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion={criterion!r} is not valid; choose one of "
+                             f"{', '.join(CRITERIA)}")
+        if criterion not in self.criteria:
+            raise ValueError(f"criterion={criterion!r} needs labels, agree and num_classes "
+                             "(pass ThresholdPanel(discrepancy, labels, agree, num_classes))")
+        return criterion
+
+    def update(self, threshold: float | None = None, criterion: str | None = None
+               ) -> dict[str, Any]:
+        """Select clean samples by the criterion, return the numbers, redraw the UI."""
+        if criterion is not None:
+            self.criterion = self._check_criterion(criterion)
+        if threshold is not None:
+            self.threshold = float(threshold)
+        if self.criterion == "threshold":
+            self.clean = self.discrepancy <= self.threshold
+        else:
+            self.clean = det_mod.select_clean(self.discrepancy, self.labels, self.agree,
+                                              int(self.num_classes), balance=self.criterion)
+        n_sel = int(np.count_nonzero(self.clean))
+        n = self.clean.size
+        out: dict[str, Any] = {"criterion": self.criterion, "threshold": self.threshold,
+                               "n_selected": n_sel,
+                               "selected_frac": n_sel / n if n else float("nan")}
+        if self.is_noisy is not None:
+            out.update(_noisy_prf(self.clean, self.is_noisy))
+        self.last = out
+        self._maybe_redraw()
+        return out
+
+    def _build(self) -> Any:
+        w = _ipw()
+        top = float(self.edges[-1])
+        self._slider = w.FloatSlider(value=min(self.threshold, top), min=0.0, max=top,
+                                     step=top / 200, description="threshold",
+                                     continuous_update=False, readout_format=".3f")
+        self._criterion = w.Dropdown(options=list(self.criteria), value=self.criterion,
+                                     description="criterion")
+        self._html = w.HTML()
+        self._html.add_class(METRICS_CSS_CLASS)
+        self._image = w.Image(format="png")
+
+        def on_change(_change: Any) -> None:
+            if not self._syncing:
+                self.update(threshold=float(self._slider.value),
+                            criterion=str(self._criterion.value))
+
+        self._slider.observe(on_change, names="value")
+        self._criterion.observe(on_change, names="value")
+        return w.VBox([w.HBox([self._criterion, self._slider]), self._html, self._image])
+
+    def _redraw(self) -> None:
+        self._syncing = True
+        try:
+            self._slider.value = min(self.threshold, self._slider.max)
+            self._slider.disabled = self.criterion != "threshold"
+            self._criterion.value = self.criterion
+        finally:
+            self._syncing = False
+        shown = dict(self.last)
+        if self.criterion != "threshold":
+            shown.pop("threshold", None)
+        self._html.value = metrics_html(shown)
+        fig = _figure(5.5, 2.6)
+        ax = fig.add_subplot()
+        if self.is_noisy is not None:
+            groups = [("clean", ~self.is_noisy, "tab:blue"), ("noisy", self.is_noisy, "tab:red")]
+        else:
+            groups = [("selected", self.clean, "tab:blue"), ("flagged", ~self.clean, "tab:red")]
+        for name, mask, color in groups:
+            ax.hist(self.discrepancy[mask], bins=self.edges, color=color, alpha=0.6, label=name)
+        if self.criterion == "threshold":
+            ax.axvline(self.threshold, color="black", lw=1.5, label="threshold")
+        ax.set(xlabel="discrepancy", ylabel="samples", title=f"criterion: {self.criterion}")
+        ax.legend(fontsize="small")
+        self._image.value = _png(fig)
+
+
+# --------------------------------------------------------------------------- images
+
+
+class SuspiciousImagesPanel(_Panel):
+    """The most suspicious samples (largest discrepancy) of one given class, as an image grid.
+
+    SuspiciousImagesPanel(images, labels, discrepancy, suggested, classes) or
+    SuspiciousImagesPanel(images, detection, labels, classes=...) (a detection.Detection in
+    second place supplies discrepancy and suggested = corrected labels). images uint8
+    (N, H, W, C). ``update(cls)`` (a class index, or None for all classes) returns the indices
+    shown, most suspicious first (ties: lower index first).
+    """
+
+    def __init__(
+        self,
+        images: Any,
+        labels: Any,
+        discrepancy: Any = None,
+        suggested: Any = None,
+        classes: list[str] | None = None,
+        *,
+        true_labels: Any = None,
+        n_images: int = 16,
+        ncols: int = 8,
+    ) -> None:
+        if isinstance(labels, det_mod.Detection):
+            det, labels = labels, discrepancy
+            discrepancy, suggested = det.discrepancy, det.corrected_labels
+        if labels is None or discrepancy is None or suggested is None:
+            raise ValueError("pass labels, discrepancy and suggested labels (or a "
+                             "detection.Detection and the labels)")
+        self.images = np.asarray(images)
+        n = self.images.shape[0]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.discrepancy = np.asarray(discrepancy, dtype=np.float64)
+        self.suggested = np.asarray(suggested, dtype=np.int64)
+        for name, arr in (("labels", self.labels), ("discrepancy", self.discrepancy),
+                          ("suggested", self.suggested)):
+            if arr.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},) (one per image), got {arr.shape}")
+        self.true_labels = None if true_labels is None else np.asarray(true_labels)
+        num = int(max(self.labels.max(initial=0), self.suggested.max(initial=0))) + 1
+        self.classes = list(classes) if classes is not None else [str(c) for c in range(num)]
+        self.n_images, self.ncols = int(n_images), int(ncols)
+        # most suspicious first, ties by index: one sort, filtered per class
+        self._ranked = np.lexsort((np.arange(n), -self.discrepancy))
+        self.cls: int | None = None
+        self.indices = np.zeros(0, dtype=np.int64)
+        self._syncing = False
+        self.update(None)
+
+    def update(self, cls: int | None = None) -> np.ndarray:
+        """Show the ``n_images`` most suspicious samples with given label ``cls``."""
+        if cls is not None and not 0 <= int(cls) < len(self.classes):
+            raise ValueError(f"cls={cls!r} must be a class index in [0, {len(self.classes) - 1}] "
+                             "or None for all classes")
+        self.cls = None if cls is None else int(cls)
+        ranked = self._ranked
+        if self.cls is not None:
+            ranked = ranked[self.labels[ranked] == self.cls]
+        self.indices = ranked[: self.n_images]
+        self._maybe_redraw()
+        return self.indices
+
+    def _build(self) -> Any:
+        w = _ipw()
+        options = [("all classes", -1)] + [(name, i) for i, name in enumerate(self.classes)]
+        self._select = w.Dropdown(options=options, value=-1 if self.cls is None else self.cls,
+                                  description="class")
+        self._html = w.HTML()
+        self._html.add_class(METRICS_CSS_CLASS)
+        self._image = w.Image(format="png")
+
+        def on_change(_change: Any) -> None:
+            if not self._syncing:
+                value = int(self._select.value)
+                self.update(None if value < 0 else value)
+
+        self._select.observe(on_change, names="value")
+        return w.VBox([self._select, self._html, self._image])
+
+    def _redraw(self) -> None:
+        self._syncing = True
+        try:
+            self._select.value = -1 if self.cls is None else self.cls
+        finally:
+            self._syncing = False
+        idx = self.indices
+        text = f"{len(idx)} most suspicious"
+        if self.true_labels is not None and len(idx):
+            wrong = float(np.mean(self.true_labels[idx] != self.labels[idx]))
+            text += f" · truly mislabelled {wrong:.0%}"
+        self._html.value = f'<span class="{METRICS_CSS_CLASS}">{text}</span>'
+        if not len(idx):
+            self._image.value = b""
+            return
+        imgs = self.images if self.images.ndim == 4 else self.images[..., None]
+        cols = min(self.ncols, len(idx))
+        rows = -(-len(idx) // cols)
+        fig = _figure(1.4 * cols, 1.75 * rows)
+        for r, i in enumerate(idx):
+            ax = fig.add_subplot(rows, cols, r + 1)
+            img = imgs[i]
+            if img.shape[-1] == 1:
+                ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            title = (f"{self.classes[self.labels[i]]}→{self.classes[self.suggested[i]]}\n"
+                     f"d={self.discrepancy[i]:.2f}")
+            color = "black"
+            if self.true_labels is not None:
+                color = "tab:red" if self.true_labels[i] != self.labels[i] else "tab:green"
+            ax.set_title(title, fontsize=7, color=color)
+        self._image.value = _png(fig)
+
+
+# --------------------------------------------------------------------------- epochs
+
+
+class EpochPanel(_Panel):
+    """Embedding snapshots of a run over training: 2-D projection + collapse metrics.
+
+    run: a runs.Run (or its directory) with ``embeddings/epoch_XXXX.npz`` snapshots (without
+    any, the final embedding is the only frame, named -1). compare: a second run shown side by
+    side at the same epoch (its nearest snapshot). method: "pca" by default (fast per frame);
+    "umap" is slower, cache it with ``cache_path``. subsample: rows projected per frame (the
+    same rows every epoch). ``update(epoch)`` returns {"epoch", collapse metrics...,
+    "compare": {...}} and keeps ``projections``.
+    """
+
+    def __init__(
+        self,
+        run: Any,
+        *,
+        compare: Any = None,
+        k: int = 20,
+        method: str = "pca",
+        subsample: int | None = 2000,
+        cache_path: Any = None,
+        seed: int = 0,
+    ) -> None:
+        from moit_explore import analysis  # noqa: PLC0415
+
+        self._analysis = analysis
+        self.run = analysis._load_run(run)
+        self.compare = None if compare is None else analysis._load_run(compare)
+        self.k, self.method, self.subsample = int(k), method, subsample
+        self.cache_path, self.seed = cache_path, seed
+        self.epochs = self._frames(self.run)
+        self._cache: dict[tuple[int, int], tuple[dict[str, Any], Any, dict[str, Any]]] = {}
+        self.epoch = self.epochs[-1]
+        self.projections: dict[str, Any] = {}
+        self.last: dict[str, Any] = {}
+        self._syncing = False
+        self.update(self.epoch)
+
+    @staticmethod
+    def _frames(run: Any) -> list[int]:
+        epochs = list(getattr(run, "snapshot_epochs", []))
+        return epochs if epochs else [-1]
+
+    def _arrays(self, run: Any, epoch: int) -> dict[str, Any]:
+        return run.final() if epoch == -1 else run.snapshot(epoch)
+
+    def _frame(self, which: int, run: Any, epoch: int) -> tuple[dict[str, Any], Any, dict]:
+        key = (which, epoch)
+        if key not in self._cache:
+            a = self._arrays(run, epoch)
+            true = a.get("labels_true") if self._analysis._true_known(run) else None
+            n = a["features"].shape[0]
+            k = min(self.k, n - 1)
+            metrics = self._analysis.collapse_metrics(a["features"], a["labels_given"], true, k)
+            proj = self._analysis.embedding_projection(
+                a["features"], method=self.method, cache_path=self.cache_path, seed=self.seed,
+                subsample=self.subsample)
+            self._cache[key] = (metrics, proj, a)
+        return self._cache[key]
+
+    def update(self, epoch: int | None = None) -> dict[str, Any]:
+        """Metrics (and projection) of snapshot ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        if epoch not in self.epochs:
+            raise ValueError(f"epoch {epoch} has no snapshot; available: {self.epochs}")
+        self.epoch = epoch
+        metrics, proj, _ = self._frame(0, self.run, epoch)
+        out: dict[str, Any] = {"epoch": epoch, **metrics}
+        self.projections = {"run": proj}
+        if self.compare is not None:
+            other = self._frames(self.compare)
+            e2 = min(other, key=lambda e: (abs(e - epoch), e))
+            m2, p2, _ = self._frame(1, self.compare, e2)
+            out["compare"] = {"epoch": e2, **m2}
+            self.projections["compare"] = p2
+        self.last = out
+        self._maybe_redraw()
+        return out
+
+    def _build(self) -> Any:
+        w = _ipw()
+        self._slider = w.SelectionSlider(options=self.epochs, value=self.epoch,
+                                         description="epoch", continuous_update=False)
+        self._html = w.HTML()
+        self._html.add_class(METRICS_CSS_CLASS)
+        self._image = w.Image(format="png")
+
+        def on_change(_change: Any) -> None:
+            if not self._syncing:
+                self.update(int(self._slider.value))
+
+        self._slider.observe(on_change, names="value")
+        return w.VBox([self._slider, self._html, self._image])
+
+    def _redraw(self) -> None:
+        from moit_explore import viz  # noqa: PLC0415
+
+        self._syncing = True
+        try:
+            self._slider.value = self.epoch
+        finally:
+            self._syncing = False
+        lines = [metrics_html({k: v for k, v in self.last.items() if k != "compare"})]
+        if "compare" in self.last:
+            lines.append("compare: " + metrics_html(self.last["compare"]))
+        self._html.value = "<br>".join(lines)
+        panels = [("run", self.run, 0)]
+        if self.compare is not None:
+            panels.append(("compare", self.compare, 1))
+        fig = _figure(4.0 * len(panels), 3.8)
+        for i, (name, run, which) in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), i + 1)
+            epoch = self.epoch if which == 0 else self.last["compare"]["epoch"]
+            _, proj, a = self._frame(which, run, epoch)
+            noisy = None
+            if "labels_true" in a and self._analysis._true_known(run):
+                noisy = np.asarray(a["labels_given"]) != np.asarray(a["labels_true"])
+            color = a["labels_true"] if noisy is not None else a["labels_given"]
+            label = getattr(run, "name", name)
+            viz.plot_embedding(proj, color, is_noisy=noisy, ax=ax, point_size=4, legend=False,
+                               title=f"{label} · epoch {epoch if epoch >= 0 else 'final'}")
+        self._image.value = _png(fig)

@@ -1,0 +1,394 @@
+"""analysis: kNN / collapse metrics, detection quality, label issues, projections.
+
+Real data: scikit-learn digits (pixels as features) and a Fashion-MNIST subset with injected
+noise. Reference values come from brute-force NumPy or scikit-learn, never from the code
+under test.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+from sklearn.decomposition import PCA
+
+from moit_explore import analysis, detection, noise, runs
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def digits_xy(digits):
+    x = digits.train_images.reshape(len(digits.train_labels), -1).astype(np.float32)
+    return x, digits.train_labels
+
+
+@pytest.fixture(scope="module")
+def digits_noisy(digits_xy):
+    x, y = digits_xy
+    nz = noise.inject_noise(y, "symmetric", 0.3, 10, seed=0)
+    return x, nz
+
+
+def brute_knn_vote(train, labels, query=None, k=5):
+    """Cosine kNN majority vote by full sorting (ties: lowest class)."""
+    a = train / np.linalg.norm(train, axis=1, keepdims=True)
+    q = a if query is None else query / np.linalg.norm(query, axis=1, keepdims=True)
+    sims = q @ a.T
+    if query is None:
+        np.fill_diagonal(sims, -np.inf)
+    nn = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    c = labels.max() + 1
+    return np.array([np.bincount(labels[row], minlength=c).argmax() for row in nn])
+
+
+def write_run(root, name, snapshots, final_features, given, true, *, true_known=True,
+              metrics_rows=None, detect_k=10):
+    """A real run directory through the runs module (the format train.py writes)."""
+    path = runs.create_run_dir(root, name)
+    runs.write_json_atomic(path / runs.CONFIG_FILE,
+                           {"method": "moit", "true_labels_known": true_known,
+                            "classes": [f"c{i}" for i in range(int(given.max()) + 1)]})
+    c = int(max(given.max(), true.max())) + 1
+    t = np.zeros((c, c))
+    np.add.at(t, (true, given), 1)
+    noise.save_noise(path / runs.NOISE_FILE, noise.NoisyLabels(
+        noisy=given, clean=true, is_noisy=given != true,
+        transition=t / np.maximum(t.sum(1, keepdims=True), 1), kind="symmetric", rate=0.3,
+        seed=0))
+    for row in metrics_rows or []:
+        runs.append_metrics(path, row)
+    for epoch, feats in snapshots.items():
+        runs.save_snapshot(path, epoch, feats, given, true)
+    det = detection.detect_noise(final_features, given, c, k=detect_k, backend="torch")
+    runs.save_final(path, final_features, det, given, true)
+    return runs.load_run(path), det
+
+
+# --------------------------------------------------------------------------- kNN
+
+
+def test_knn_accuracy_on_digits_is_far_above_chance(digits_xy, digits):
+    x, y = digits_xy
+    loo = analysis.knn_accuracy(x, y, k=10)
+    xt = digits.test_images.reshape(len(digits.test_labels), -1)
+    held_out = analysis.knn_accuracy(x, y, xt, digits.test_labels, k=10)
+    assert loo > 0.9 and held_out > 0.9  # chance is 0.1
+
+
+def test_knn_predict_matches_brute_force(digits_xy, digits):
+    x, y = digits_xy
+    x = x[:400] + np.random.default_rng(0).normal(0, 1e-3, (400, x.shape[1])).astype(np.float32)
+    y = y[:400]
+    for k in (1, 4, 9):
+        assert np.array_equal(analysis.knn_predict(x, y, k=k), brute_knn_vote(x, y, k=k))
+    xt = digits.test_images.reshape(len(digits.test_labels), -1)[:100].astype(np.float32)
+    assert np.array_equal(analysis.knn_predict(x, y, xt, k=5), brute_knn_vote(x, y, xt, k=5))
+
+
+def test_knn_accuracy_hand_case():
+    # two tight direction clusters; sample 2 carries the wrong label, so leave-one-out with
+    # k=2 predicts 0 for it (scored wrong against its label, right against the target)
+    x = np.array([[1, 0.01], [1, 0.02], [1, 0.03], [0.01, 1], [0.02, 1], [0.03, 1]])
+    y = np.array([0, 0, 1, 1, 1, 1])
+    pred = analysis.knn_predict(x, y, k=2)
+    assert pred.tolist() == [0, 0, 0, 1, 1, 1]
+    assert analysis.knn_accuracy(x, y, k=2) == pytest.approx(5 / 6)
+    assert analysis.knn_accuracy(x, y, k=2, target=[0, 0, 0, 1, 1, 1]) == 1.0
+
+
+def test_knn_errors_name_the_fix(digits_xy):
+    x, y = digits_xy
+    with pytest.raises(ValueError, match="out of range.*1 <= k <= 4"):
+        analysis.knn_accuracy(x[:5], y[:5], k=5)
+    with pytest.raises(ValueError, match="in the same order"):
+        analysis.knn_accuracy(x, y[:-1])
+    with pytest.raises(ValueError, match="together"):
+        analysis.knn_accuracy(x, y, x)
+
+
+# --------------------------------------------------------------------------- collapse
+
+
+def test_class_distance_ratio_matches_pairwise():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 120)
+    x = rng.normal(size=(120, 6)) + 2 * np.eye(6)[y]
+    a = x / np.linalg.norm(x, axis=1, keepdims=True)
+    dist = 1 - a @ a.T
+    same = y[:, None] == y[None, :]
+    off = ~np.eye(120, dtype=bool)
+    expected = dist[same & off].mean() / dist[~same].mean()
+    assert analysis.class_distance_ratio(x, y) == pytest.approx(expected, rel=1e-6)
+
+
+def test_class_distance_ratio_hand_cases():
+    # classes collapsed to orthogonal points: within distance 0, between distance 1
+    assert analysis.class_distance_ratio(np.eye(2)[[0, 0, 1, 1]], [0, 0, 1, 1]) == 0.0
+    # one class only: no between-class pair
+    assert np.isnan(analysis.class_distance_ratio(np.ones((3, 2)), [0, 0, 0]))
+
+
+def test_collapse_metrics_follow_the_label_the_features_encode(digits_noisy):
+    _, nz = digits_noisy
+    given, true = nz.noisy, nz.clean
+    k = int(min(np.bincount(given).min(), np.bincount(true).min())) - 1
+    # embedding memorised the given labels: every noisy sample sits among its given class
+    mem = analysis.collapse_metrics(np.eye(10)[given], given, true, k=k)
+    assert mem["noisy_agree_given"] == 1.0 and mem["noisy_agree_true"] == 0.0
+    assert mem["knn_acc_given"] == 1.0 and mem["distance_ratio_given"] == pytest.approx(0.0)
+    # embedding of the true classes: the neighbours' majority (70 % clean) says the true class
+    robust = analysis.collapse_metrics(np.eye(10)[true], given, true, k=k)
+    assert robust["noisy_agree_true"] == 1.0 and robust["noisy_agree_given"] == 0.0
+    assert robust["knn_acc_true"] == 1.0
+    assert robust["noise_rate"] == pytest.approx(nz.is_noisy.mean())
+    nb = analysis.noisy_neighbourhood(np.eye(10)[true], given, true, k=k)
+    assert nb == {"agree_given": 0.0, "agree_true": 1.0, "n_noisy": int(nz.is_noisy.sum())}
+
+
+def test_collapse_metrics_without_true_labels(digits_xy):
+    x, y = digits_xy
+    m = analysis.collapse_metrics(x, y, None, k=5)
+    assert set(m) == {"knn_acc_given", "distance_ratio_given"}
+    assert m["knn_acc_given"] == pytest.approx(analysis.knn_accuracy(x, y, k=5))
+
+
+def test_collapse_over_epochs_and_table_from_a_run_dir(tmp_path, digits_noisy):
+    x, nz = digits_noisy
+    given, true = nz.noisy, nz.clean
+    rng = np.random.default_rng(0)
+    snaps = {1: np.eye(10)[true] + rng.normal(0, 0.05, (len(true), 10)),
+             2: np.eye(10)[given] + rng.normal(0, 0.05, (len(true), 10))}
+    run, _ = write_run(tmp_path, "r", snaps, x, given, true)
+    table = analysis.collapse_over_epochs(run, k=10)
+    assert table["epoch"].tolist() == [1, 2]
+    # collapse: the noisy samples move from the true class to the given one
+    assert table.loc[0, "noisy_agree_true"] > 0.9 and table.loc[1, "noisy_agree_given"] > 0.9
+    direct = analysis.collapse_metrics(run.snapshot(2)["features"], given, true, k=10)
+    assert table.loc[1, "knn_acc_true"] == pytest.approx(direct["knn_acc_true"])
+    knn = analysis.knn_accuracy_table({("moit", 0.3): run, ("other", 0.3): run.path}, k=10)
+    assert isinstance(knn.index, pd.MultiIndex)
+    assert knn.loc[("moit", 0.3), "knn_acc_true"] == pytest.approx(
+        analysis.knn_accuracy(x, given, k=10, target=true))
+
+
+def test_collapse_over_epochs_needs_snapshots(tmp_path, digits_noisy):
+    x, nz = digits_noisy
+    run, _ = write_run(tmp_path, "r", {}, x, nz.noisy, nz.clean)
+    with pytest.raises(ValueError, match="--snapshot-epochs"):
+        analysis.collapse_over_epochs(run)
+
+
+# --------------------------------------------------------------------------- soft labels
+
+
+def test_sample_table_and_confusion(digits_noisy):
+    x, nz = digits_noisy
+    det = detection.detect_noise(x, nz.noisy, 10, k=20, backend="torch")
+    names = [f"d{i}" for i in range(10)]
+    t = analysis.sample_table(det, nz.noisy, nz.clean, classes=names)
+    assert len(t) == len(nz.noisy)
+    i = np.arange(len(t))
+    assert np.allclose(t["p_given"], det.soft_labels[i, nz.noisy])
+    assert np.array_equal(t["is_noisy"], nz.is_noisy)
+    assert np.array_equal(t["clean_selected"], det.clean)
+    assert t["given_name"].iloc[0] == names[nz.noisy[0]]
+    assert "true_label" not in analysis.sample_table(det, nz.noisy)
+    m = analysis.disagreement_confusion(nz.noisy, det.corrected_labels, 10)
+    assert np.array_equal(m, skm.confusion_matrix(nz.noisy, det.corrected_labels,
+                                                  labels=range(10)))
+    assert analysis.disagreement_confusion([0, 0, 1], [0, 1, 1]).tolist() == [[1, 1], [0, 1]]
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def test_detection_report_hand_case():
+    clean = np.array([True, True, False, False, False])
+    noisy = np.array([False, True, True, False, True])
+    score = np.array([0.1, 0.2, 0.9, 0.5, 0.8])
+    r = analysis.detection_report(clean, noisy, score)
+    # flagged = samples 2, 3, 4; noisy = 1, 2, 4 -> tp 2, fp 1, fn 1
+    assert r["precision"] == pytest.approx(2 / 3)
+    assert r["recall"] == pytest.approx(2 / 3)
+    assert r["f1"] == pytest.approx(2 / 3)
+    assert r["selected_noise_rate"] == pytest.approx(1 / 2)
+    # noisy scores 0.2, 0.9, 0.8 vs clean 0.1, 0.5: 5 of 6 pairs ordered right
+    assert r["auroc"] == pytest.approx(5 / 6)
+    # ranking 0.9 (N), 0.8 (N), 0.5 (C), 0.2 (N): AP = (1 + 1 + 3/4) / 3
+    assert r["average_precision"] == pytest.approx((1 + 1 + 0.75) / 3)
+    assert r["n_selected"] == 2 and r["n_noisy"] == 3
+
+
+def test_detection_report_and_curves_match_sklearn(digits_noisy):
+    x, nz = digits_noisy
+    det = detection.detect_noise(x, nz.noisy, 10, k=20, backend="torch")
+    r = analysis.detection_report(det.clean, nz.is_noisy, det.discrepancy)
+    flagged = ~det.clean
+    assert r["precision"] == pytest.approx(skm.precision_score(nz.is_noisy, flagged))
+    assert r["recall"] == pytest.approx(skm.recall_score(nz.is_noisy, flagged))
+    assert r["f1"] == pytest.approx(skm.f1_score(nz.is_noisy, flagged))
+    assert r["auroc"] == pytest.approx(skm.roc_auc_score(nz.is_noisy, det.discrepancy))
+    assert r["average_precision"] == pytest.approx(
+        skm.average_precision_score(nz.is_noisy, det.discrepancy))
+    assert r["auroc"] > 0.85
+    p, rec, _ = analysis.pr_curve(nz.is_noisy, det.discrepancy)
+    p_ref, rec_ref, _ = skm.precision_recall_curve(nz.is_noisy, det.discrepancy)
+    assert np.allclose(p, p_ref) and np.allclose(rec, rec_ref)
+    fpr, tpr, _ = analysis.roc_curve(nz.is_noisy, det.discrepancy)
+    assert np.isclose(np.trapezoid(tpr, fpr), r["auroc"])
+    with pytest.raises(ValueError, match="both noisy and clean"):
+        analysis.roc_curve(np.zeros(5, bool), np.arange(5.0))
+
+
+def test_per_class_detection_matches_subsets(digits_noisy):
+    x, nz = digits_noisy
+    det = detection.detect_noise(x, nz.noisy, 10, k=20, backend="torch")
+    t = analysis.per_class_detection(det.clean, nz.is_noisy, nz.noisy, 10)
+    assert len(t) == 10 and t["n"].sum() == len(nz.noisy)
+    assert t["n_selected"].sum() == det.clean.sum()
+    for c in (0, 7):
+        m = nz.noisy == c
+        assert t.loc[c, "precision"] == pytest.approx(
+            skm.precision_score(nz.is_noisy[m], ~det.clean[m], zero_division=np.nan))
+        assert t.loc[c, "recall"] == pytest.approx(
+            skm.recall_score(nz.is_noisy[m], ~det.clean[m]))
+
+
+def test_detection_over_epochs_and_summary(tmp_path, digits_noisy):
+    x, nz = digits_noisy
+    rows = [{"epoch": 1, "test_acc": 0.5, "time_s": 2.0, "det_precision": None},
+            {"epoch": 2, "test_acc": 0.7, "time_s": 3.0, "det_precision": 0.6,
+             "det_recall": 0.8, "det_f1": 0.69},
+            {"epoch": 3, "test_acc": 0.65, "time_s": 3.0, "det_precision": 0.7,
+             "det_recall": 0.9, "det_f1": 0.79}]
+    run, _ = write_run(tmp_path, "r", {}, x, nz.noisy, nz.clean, metrics_rows=rows)
+    d = analysis.detection_over_epochs(run)
+    assert d["epoch"].tolist() == [2, 3]
+    assert d["precision"].tolist() == [0.6, 0.7] and "f1" in d
+    s = analysis.summarize_runs({"MOIT": run})
+    assert s.loc["MOIT", "test_acc_last"] == 0.65 and s.loc["MOIT", "test_acc_best"] == 0.7
+    assert s.loc["MOIT", "time_s"] == 8.0
+    assert s.loc["MOIT", "noise_rate"] == pytest.approx(nz.is_noisy.mean())
+    with pytest.raises(ValueError, match="without detection"):
+        analysis.detection_over_epochs(pd.DataFrame({"epoch": [1], "test_acc": [0.1]}))
+
+
+# --------------------------------------------------------------------------- label issues
+
+
+def test_find_label_issues_mask_and_rankings(digits_noisy):
+    x, nz = digits_noisy
+    det = detection.detect_noise(x, nz.noisy, 10, k=20)
+    mask = analysis.find_label_issues(nz.noisy, x, k=20)
+    assert mask.dtype == bool and np.array_equal(mask, ~det.clean)
+    quality = det.soft_labels[np.arange(len(mask)), nz.noisy]
+    ranked = analysis.find_label_issues(nz.noisy, x, k=20, return_indices_ranked_by="label_quality")
+    assert sorted(ranked.tolist()) == np.flatnonzero(mask).tolist()
+    q = quality[ranked]
+    assert np.all(np.diff(q) >= 0)  # worst (lowest quality) first
+    # quality takes values m/k, so ties are many: within a tie, lower index first
+    for value in np.unique(q):
+        tied = ranked[q == value]
+        assert np.all(np.diff(tied) > 0)
+    by_d = analysis.find_label_issues(nz.noisy, x, k=20, return_indices_ranked_by="discrepancy")
+    assert np.all(np.diff(det.discrepancy[by_d]) <= 0)
+    # cleanlab order (labels, features) and (features, labels, C) agree
+    assert np.array_equal(analysis.find_label_issues(x, nz.noisy, 10, k=20), mask)
+    # from a precomputed detection
+    assert np.array_equal(analysis.find_label_issues(nz.noisy, detection=det), mask)
+    with pytest.raises(ValueError, match="return_indices_ranked_by"):
+        analysis.find_label_issues(nz.noisy, x, return_indices_ranked_by="confidence")
+    with pytest.raises(ValueError, match="needs labels and features"):
+        analysis.find_label_issues(nz.noisy)
+
+
+def test_label_issues_table_without_true_labels_round_trips_csv(tmp_path, digits_xy):
+    x, y = digits_xy  # the digits as shipped: no known noise, like a user's own folder
+    names = [f"digit {i}" for i in range(10)]
+    paths = [f"/data/{y[i]}/img_{i:04d}.png" for i in range(len(y))]
+    t = analysis.label_issues_table(y, x, class_names=names, paths=paths)
+    assert {"is_label_issue", "label_quality", "given_label", "suggested_label", "given_name",
+            "suggested_name", "path", "discrepancy"} <= set(t.columns)
+    assert "true_label" not in t and "is_noisy" not in t
+    assert t["label_quality"].between(0, 1).all()
+    assert np.all(np.diff(t["label_quality"].to_numpy()) >= 0)  # worst first
+    assert t.index.name == "sample" and sorted(t.index) == list(range(len(y)))
+    i = int(t.index[0])
+    assert t.loc[i, "path"] == paths[i] and t.loc[i, "given_name"] == names[y[i]]
+    k = analysis.default_k(y)
+    mask = analysis.find_label_issues(y, x, k=k)
+    assert np.array_equal(t.sort_index()["is_label_issue"].to_numpy(), mask)
+    out = analysis.export_label_issues(t, tmp_path / "issues.csv")
+    back = pd.read_csv(out, index_col="sample")
+    pd.testing.assert_frame_equal(back, t)
+    with pytest.raises(FileNotFoundError, match="create it first"):
+        analysis.export_label_issues(t, tmp_path / "missing" / "x.csv")
+
+
+def test_label_issues_from_a_run(tmp_path, digits_noisy):
+    x, nz = digits_noisy
+    run, det = write_run(tmp_path, "r", {}, x, nz.noisy, nz.clean, detect_k=15)
+    mask = analysis.find_label_issues(run=run)
+    assert np.array_equal(mask, ~det.clean)
+    t = analysis.label_issues_table(run=run.path)
+    assert np.array_equal(t.sort_index()["is_noisy"].to_numpy(), nz.is_noisy)
+    # a folder run: true labels unknown -> no truth columns
+    run2, _ = write_run(tmp_path, "folder", {}, x, nz.noisy, nz.noisy, true_known=False)
+    assert "true_label" not in analysis.label_issues_table(run=run2)
+
+
+def test_find_label_issues_on_fashion_mnist_flags_mostly_noisy(fashion_mnist):
+    from moit_explore.datasets import subset
+
+    data = subset(fashion_mnist, n_train=3000, n_test=0, seed=0)
+    nz = noise.inject_noise(data.train_labels, "symmetric", 0.4, 10, seed=1)
+    pixels = data.train_images.reshape(len(nz.noisy), -1) / 255.0
+    feats = PCA(50, random_state=0).fit_transform(pixels)
+    mask = analysis.find_label_issues(nz.noisy, feats)
+    assert nz.is_noisy[mask].mean() > 0.6  # 40 % base rate
+    assert mask[nz.is_noisy].mean() > 0.85
+    ranked = analysis.find_label_issues(nz.noisy, feats, return_indices_ranked_by="label_quality")
+    assert nz.is_noisy[ranked[:300]].mean() > 0.9
+
+
+# --------------------------------------------------------------------------- projection
+
+
+def test_projection_pca_subsample_and_cache(tmp_path, digits_xy, monkeypatch):
+    x, _ = digits_xy
+    p = analysis.embedding_projection(x, method="pca")
+    assert p.method == "pca" and p.coords.shape == (len(x), 2) and p.indices is None
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    ref = PCA(2).fit_transform(xn)
+    assert np.allclose(np.abs(p.coords), np.abs(ref), atol=1e-3)  # up to sign
+    s = analysis.embedding_projection(x, method="pca", subsample=300, seed=3,
+                                      cache_path=tmp_path)
+    assert s.coords.shape == (300, 2) and len(np.unique(s.indices)) == 300
+    assert len(list(tmp_path.glob("projection_pca_*.npz"))) == 1
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed instead of loading the cache")
+
+    monkeypatch.setattr(analysis, "_pca2", boom)
+    again = analysis.embedding_projection(x, method="pca", subsample=300, seed=3,
+                                          cache_path=tmp_path)
+    assert np.array_equal(again.coords, s.coords) and np.array_equal(again.indices, s.indices)
+    with pytest.raises(AssertionError):  # other features: another key, so no stale hit
+        analysis.embedding_projection(x + 1, method="pca", cache_path=tmp_path)
+
+
+def test_projection_falls_back_to_pca_without_umap(digits_xy, monkeypatch):
+    x, _ = digits_xy
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = analysis.embedding_projection(x[:200], method="umap")
+    assert p.method == "pca" and p.coords.shape == (200, 2)
+    assert any("umap-learn is not installed" in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match="'umap' or 'pca'"):
+        analysis.embedding_projection(x, method="tsne")

@@ -1,0 +1,140 @@
+"""The command line: flags mirror the config, bad input fails before training, the commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moit_explore import cli, config, demo, runs
+
+
+def run_cli(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_every_config_field_is_a_flag_with_its_help(capsys):
+    rc, out, _ = run_cli(capsys, "train", "--help")
+    assert rc == 0
+    for name in config.TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in out, name
+    assert "--no-progress" in out and "--resume" in out
+    assert "cross-batch memory is used from epoch > xbm_begin" in " ".join(out.split())
+
+
+def test_dry_run_parses_types(capsys, tmp_path):
+    rc, out, _ = run_cli(capsys, "train", "--preset", "smoke", "--dry-run", "--rate", "0.2",
+                         "--lr-milestones", "5,7", "--no-progress", "--n-test", "none",
+                         "--k", "12", "--noise", "asymmetric")
+    assert rc == 0
+    lines = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
+    assert lines["rate"] == "0.2" and lines["lr_milestones"] == "(5, 7)"
+    assert lines["progress"] == "False" and lines["n_test"] == "None" and lines["k"] == "12"
+    assert lines["preset"] == "smoke" and lines["dataset"] == "digits"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
+    (["--rate", "1.5"], "rate must be in"),
+    (["--rate", "abc"], "expected a number"),
+    (["--k", "400"], "k=400 must be smaller than the number of training images (400)"),
+    (["--method", "moitt"], "invalid choice: 'moitt'"),
+    (["--lr-milestones", "a,b"], "comma list of integers"),
+    (["--epochs", "0"], "epochs must be >= 1"),
+])
+def test_invalid_input_fails_before_training(capsys, tmp_path, argv, message):
+    rc, out, err = run_cli(capsys, "train", "--preset", "smoke", "--runs-root", tmp_path, *argv)
+    assert rc == 2
+    assert message in err
+    assert list(tmp_path.iterdir()) == []  # no run directory was created
+
+
+def test_k_checked_against_the_loaded_data_before_training(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "train", "--preset", "smoke", "--runs-root", tmp_path,
+                         "--n-train", "none", "--k", "2000")
+    assert rc == 2 and "k=2000 must be smaller than the number of training images (1437)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_detect_report_finetune_resume(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, "train", "--preset", "smoke", "--runs-root", tmp_path,
+                           "--name", "m", "--epochs", "2", "--lr-milestones", "1")
+    assert rc == 0, err
+    run_dir = tmp_path / "m"
+    assert "test acc" in out and len(runs.load_run(run_dir).metrics) == 2
+
+    # the same name again is refused, with the ways out
+    rc, _, err = run_cli(capsys, "train", "--preset", "smoke", "--runs-root", tmp_path,
+                         "--name", "m", "--epochs", "2")
+    assert rc == 2 and "--overwrite" in err and "--resume" in err
+
+    # detect: prints metrics, writes nothing
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    final_bytes = (run_dir / "embeddings" / "final.npz").read_bytes()
+    rc, out, err = run_cli(capsys, "detect", run_dir, "--k", "5", "--balance", "none")
+    assert rc == 0, err
+    assert "k=5" in out and "precision" in out and "recall" in out
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
+    assert (run_dir / "embeddings" / "final.npz").read_bytes() == final_bytes
+    rc, _, err = run_cli(capsys, "detect", run_dir, "--k", "400")
+    assert rc == 2 and "--k 400" in err
+    rc, _, err = run_cli(capsys, "detect", run_dir, "--out", run_dir / "config.json")
+    assert rc == 2 and "never overwrites" in err
+
+    # resume extends; only trajectory-neutral fields may change
+    rc, _, err = run_cli(capsys, "train", "--resume", run_dir, "--lr", "0.3")
+    assert rc == 2 and "--lr" in err
+    rc, _, err = run_cli(capsys, "train", "--resume", run_dir, "--epochs", "3")
+    assert rc == 0, err
+    assert runs.load_run(run_dir).metrics["epoch"].tolist() == [1, 2, 3]
+
+    # MOIT+ (the smoke fine-tuning preset follows from the run's preset)
+    rc, out, err = run_cli(capsys, "finetune", run_dir, "--epochs", "1")
+    assert rc == 0, err
+    ft = runs.load_run(run_dir / "finetune")
+    assert ft.config["method"] == "moit+" and len(ft.metrics) == 1
+
+    # report: a table with both runs, and figures
+    rc, out, err = run_cli(capsys, "report", run_dir, "--out", tmp_path / "rep")
+    assert rc == 0, err
+    assert "moit+" in out and "test_acc_last" in out
+    assert (tmp_path / "rep" / "report.md").is_file()
+    assert (tmp_path / "rep" / "accuracy.png").stat().st_size > 1000
+    rc, _, err = run_cli(capsys, "report", tmp_path)
+    assert rc == 2 and "not a run directory" in err
+
+
+def test_overwrite_flag_replaces_the_run(capsys, tmp_path):
+    for extra in ([], ["--overwrite"]):
+        rc, _, err = run_cli(capsys, "train", "--preset", "smoke", "--runs-root", tmp_path,
+                             "--name", "o", "--epochs", "1", "--method", "ce", *extra)
+        assert rc == 0, err
+    lines = (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]
+
+
+def test_demo_never_overwrites_and_writes_figures(capsys, tmp_path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "keep.txt").write_text("an earlier demo")
+    out = demo.run_demo(root=tmp_path, preset="smoke", progress=False)
+    text = capsys.readouterr().out
+    assert out == tmp_path / "demo-2" and "writing this demo to" in text
+    assert (tmp_path / "demo" / "keep.txt").read_text() == "an earlier demo"
+    for name in ("accuracy.png", "detection.png", "flagged.png", "summary.md"):
+        assert (out / name).is_file(), name
+    assert "| CE |" in text and "| MOIT |" in text and "| MOIT+ |" in text
+    ce, moit = runs.load_run(out / "ce"), runs.load_run(out / "moit")
+    assert ce.config["method"] == "ce" and moit.has_finetune
+    acc = moit.metrics["test_acc"].iloc[-1]
+    assert f"{acc:.3f}" in text  # the printed table is the run's own number
+    np.testing.assert_array_equal(ce.noise.noisy, moit.noise.noisy)  # same noisy labels
+
+
+def test_presets_command_lists_them(capsys):
+    rc, out, _ = run_cli(capsys, "presets")
+    assert rc == 0
+    for name in config.PRESETS:
+        assert name in out

@@ -1,0 +1,130 @@
+"""The course notebooks as committed: all there, no outputs, a parameter cell, no algorithm code.
+
+Executing them is ``make test`` (``pytest --nbmake notebooks``, smoke mode); this file checks the
+files themselves and that smoke mode is switched by ``MOIT_SMOKE``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = [
+    "01_label_noise.ipynb",
+    "02_embedding_collapse.ipynb",
+    "03_knn_soft_labels.ipynb",
+    "04_detection_quality.ipynb",
+    "05_moit_and_moit_plus.ipynb",
+]
+
+
+DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
+def _load(name: str) -> dict:
+    path = NOTEBOOK_DIR / name
+    assert path.is_file(), f"notebooks/{name} is missing"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def _source(cell: dict) -> str:
+    src = cell["source"]
+    return "".join(src) if isinstance(src, list) else src
+
+
+def test_the_five_notebooks_and_nothing_unexpected():
+    present = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
+    assert present == NOTEBOOKS, f"expected exactly {NOTEBOOKS}, found {present}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_valid_nbformat_4(name):
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=nbformat.NO_CONVERT)
+    assert nb.nbformat == 4
+    nbformat.validate(nb)
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_no_outputs_committed(name):
+    for i, cell in enumerate(_code_cells(_load(name))):
+        assert cell.get("outputs") == [], f"{name}: code cell {i} has outputs; clear them"
+        assert cell.get("execution_count") is None, f"{name}: code cell {i} has a count"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_first_code_cell_is_the_parameters_cell(name):
+    cells = _code_cells(_load(name))
+    assert cells, f"{name} has no code"
+    assert "parameters" in cells[0].get("metadata", {}).get("tags", []), (
+        f"{name}: tag the first code cell 'parameters' (papermill style)")
+    # parameters are plain assignments, so a tool can override them in a cell after this one
+    tree = ast.parse(_source(cells[0]))
+    assert tree.body and all(isinstance(node, ast.Assign) for node in tree.body)
+    assert "SMOKE" in {t.id for node in tree.body for t in node.targets if isinstance(t, ast.Name)}
+    assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in cells) == 1
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_no_functions_or_classes_in_code_cells(name):
+    """Algorithm code belongs in the package; notebooks call it (and share via course.py)."""
+    for i, cell in enumerate(_code_cells(_load(name))):
+        tree = ast.parse(_source(cell))
+        defs = [n for n in ast.walk(tree) if isinstance(n, DEFINITIONS)]
+        assert not defs, (f"{name}: code cell {i} defines a {type(defs[0]).__name__} (line "
+                          f"{defs[0].lineno}); move it into moit_explore/")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_teaches_and_checks(name):
+    """Each notebook is a lesson: markdown, figures from viz, and assert cells on the numbers."""
+    nb = _load(name)
+    md = [c for c in nb["cells"] if c["cell_type"] == "markdown"]
+    code = "\n".join(_source(c) for c in _code_cells(nb))
+    assert _source(md[0]).lstrip().startswith("# "), f"{name} starts with a title"
+    assert sum(len(_source(c)) for c in md) > 1500, f"{name}: explain more in markdown"
+    assert "viz." in code or "widgets." in code, f"{name} shows no figure"
+    assert any(_source(c).lstrip().startswith(("# ", "assert")) and "assert " in _source(c)
+               for c in _code_cells(nb)), f"{name} checks nothing"
+    assert "course." in code, f"{name}: reach training runs and the smoke switch via course"
+
+
+def _smoke_flag(value: str | None) -> bool:
+    env = {k: v for k, v in os.environ.items() if k != "MOIT_SMOKE"}
+    if value is not None:
+        env["MOIT_SMOKE"] = value
+    out = subprocess.run(
+        [sys.executable, "-c", "from moit_explore import course; "
+                               "print(course.SMOKE, course.preset())"],
+        env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    smoke, preset = out.stdout.split()
+    assert preset == ("smoke" if smoke == "True" else "cpu-demo")
+    return smoke == "True"
+
+
+def test_moit_smoke_switches_the_course_to_smoke_mode():
+    assert _smoke_flag("1") is True
+    assert _smoke_flag(None) is False
+    assert _smoke_flag("0") is False
+
+
+def test_parameter_cell_can_force_the_mode():
+    from moit_explore import course
+
+    assert course.preset(True) == "smoke"
+    assert course.preset(False) == "cpu-demo"
+    assert course.preset(None) == ("smoke" if course.SMOKE else "cpu-demo")
+    assert "smoke" in course.expected_time("smoke")
