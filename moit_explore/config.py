@@ -12,6 +12,8 @@ Presets (``preset(name, **overrides)``):
 - ``fmnist``: full Fashion-MNIST with PreAct ResNet-18, a schedule that fits a GPU session.
 - ``cpu-demo``: a Fashion-MNIST subset with a small CNN, sized so that ``make demo``
   (CE + MOIT + MOIT+) finishes in a few minutes on a 2-core laptop CPU.
+- ``digits``: all of scikit-learn's digits, a small CNN, seconds per run: the course
+  notebooks' smoke mode, long enough for the methods to learn and differ.
 - ``smoke``: digits, a tiny CNN, a few epochs; every branch of the trainer runs (memory,
   detection, label correction) in seconds. For tests.
 """
@@ -116,6 +118,8 @@ class TrainConfig:
     augment: str = _f("auto", "training augmentation: complex (spec §2), simple (crop + "
                       "flip), none; auto = complex for supcon/icl/moit, simple for ce/mixup",
                       AUGMENT_CHOICES)
+    crop_padding: int = _f(4, "zero padding of the simple augmentation's random crop (spec §4: "
+                           "4 pixels on 32x32 images; scale it down for tiny images)")
     arch: str = _f("preact_resnet18", "encoder", ARCH_CHOICES)
     width: int = _f(64, "encoder width (channels of the first stage)")
     projection: str = _f("linear", "projection head (release default: linear)",
@@ -234,6 +238,7 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 2 (mixup and the contrastive losses pair "
                              "samples within a batch)")
         _check_int("workers", self.workers, 0)
+        _check_int("crop_padding", self.crop_padding, 0)
         _check_int("xbm_begin", self.xbm_begin, 0)
         _check_int("correction_start", self.correction_start, 0)
         _check_float("lr", self.lr, 0.0, low_open=True)
@@ -349,6 +354,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         xbm_per_class=50, k=50, correction_start=13, snapshot_epochs=(1, 13), device="cpu",
         eval_batch_size=500,
     ),
+    # the course notebooks' smoke mode (MOIT_SMOKE=1): all of scikit-learn's digits, a small
+    # CNN, seconds per run on a CPU, yet long enough that the methods really learn and differ
+    "digits": dict(
+        _PAPER, dataset="digits", arch="small_cnn", width=16, embed_dim=32, epochs=12,
+        batch_size=64, lr=0.1, lr_milestones=(9,), xbm_begin=2, xbm_per_class=20, k=20,
+        correction_start=6, crop_padding=1, snapshot_epochs=(1, 6), device="cpu",
+        eval_batch_size=512,
+    ),
     # tests: digits, every branch (memory from epoch 2, label correction from epoch 3)
     "smoke": dict(
         _PAPER, dataset="digits", n_train=400, n_test=120, arch="small_cnn", width=8,
@@ -368,13 +381,15 @@ FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
     # bootstrapping starts at the same fraction of the schedule (30 / 70)
     "cpu-demo": dict(epochs=8, lr=0.05, batch_size=128, bootstrap_start=3, device="cpu",
                      eval_batch_size=500),
+    "digits": dict(epochs=4, lr=0.02, batch_size=64, bootstrap_start=2, device="cpu",
+                   eval_batch_size=512),
     "smoke": dict(epochs=2, lr=0.001, batch_size=64, bootstrap_start=1, device="cpu",
                   eval_batch_size=512, progress=False),
 }
 
 # the fine-tuning preset that goes with a training preset
 _FINETUNE_FOR = {"paper-cifar10": "paper", "paper-cifar100": "paper", "fmnist": "fmnist",
-                 "cpu-demo": "cpu-demo", "smoke": "smoke"}
+                 "cpu-demo": "cpu-demo", "digits": "digits", "smoke": "smoke"}
 
 
 def _unknown(kind: str, name: str, known: dict) -> ValueError:

@@ -6,8 +6,8 @@ and calls :func:`moit_explore.train.train`, and returns the run directory it wro
 notebooks reuse instead of training again.
 
 Smoke mode (``MOIT_SMOKE=1``, set by ``make test``) makes every notebook finish in well under a
-minute on two CPU cores: the "smoke" preset trains on a small data set for a few epochs. Without
-it the notebooks use the "cpu-demo" preset, which takes minutes on a laptop CPU.
+minute on two CPU cores: the "digits" preset trains on scikit-learn's 8x8 digits for 12
+epochs. Without it the notebooks use the "cpu-demo" preset, which takes minutes on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ __all__ = [
     "course_run",
     "data_root",
     "expected_time",
+    "folder_features",
+    "k_for",
     "preset",
     "project_root",
+    "run_data",
     "run_name",
     "runs_dir",
     "write_demo_imagefolder",
@@ -35,18 +38,18 @@ SMOKE: bool = os.environ.get("MOIT_SMOKE") == "1"
 # Rough wall-clock times per notebook on a 2-core laptop CPU with an empty run cache; a run
 # that is already cached under runs/course/ is reused, so a second pass takes seconds.
 _EXPECTED = {
-    "smoke": "about 30-60 s with an empty run cache, seconds once the runs are cached",
+    "digits": "about 10-60 s with an empty run cache, seconds once the runs are cached",
     "cpu-demo": "about 5-15 min on a laptop CPU with an empty run cache (the training runs), "
                 "under a minute once runs/course/ holds them",
 }
 
 
 def preset(smoke: bool | None = None) -> str:
-    """The training preset the notebooks use: "smoke" in smoke mode, else "cpu-demo".
+    """The training preset the notebooks use: "digits" in smoke mode, else "cpu-demo".
 
     smoke: None follows ``MOIT_SMOKE`` (:data:`SMOKE`); True/False forces it.
     """
-    return "smoke" if (SMOKE if smoke is None else smoke) else "cpu-demo"
+    return "digits" if (SMOKE if smoke is None else smoke) else "cpu-demo"
 
 
 def expected_time(preset_name: str | None = None) -> str:
@@ -116,9 +119,9 @@ def write_demo_imagefolder(folder: str | Path, *, per_class: int = 40, n_misfile
     return pd.DataFrame(rows, columns=["path", "true", "folder"])
 
 
-def run_name(method: str, noise: str = "symmetric", rate: float = 0.4, preset_name: str = "smoke",
+def run_name(method: str, noise: str = "symmetric", rate: float = 0.4, preset_name: str = "digits",
              **overrides) -> str:
-    """The cache folder name of a course run, e.g. ``smoke-moit-symmetric-40``; overrides add a
+    """The cache folder name of a course run, e.g. ``digits-moit-symmetric-40``; overrides add a
     short hash of their values, so different settings never share a folder."""
     name = f"{preset_name}-{method.replace('+', 'plus')}-{noise}-{round(rate * 100):02d}"
     if overrides:
@@ -139,7 +142,7 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
 
     method: "ce" | "mixup" | "supcon" | "icl" | "moit" | "moit+" ("moit+" fine-tunes the
     cached "moit" run, into its ``finetune/`` folder). preset: default :func:`preset`
-    ("smoke" under ``MOIT_SMOKE=1``, else "cpu-demo"). overrides: TrainConfig fields.
+    ("digits" under ``MOIT_SMOKE=1``, else "cpu-demo"). overrides: TrainConfig fields.
     Training writes to a temporary folder renamed into place at the end, so an interrupted
     run is never mistaken for a cached one. Returns a :class:`moit_explore.runs.Run`.
     """
@@ -156,8 +159,10 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
     if not _complete(target):
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        train.train(method=method, preset=preset_name, noise=noise, noise_rate=rate,
-                    out_dir=tmp, progress=progress, **overrides)
+        # the repository's data/ folder, whatever the notebook's working directory
+        settings = dict(data_root=str(data_root()), **overrides)
+        train.train(method=method, preset=preset_name, noise=noise, rate=rate, out_dir=tmp,
+                    progress=progress, **settings)
         if _complete(target):  # another process finished it meanwhile: keep that one
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -167,3 +172,53 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
 
 
 _default_preset = preset  # course_run's argument ``preset`` shadows the function inside it
+
+
+def k_for(preset_name: str | None = None) -> int:
+    """The detection's k of a preset (default :func:`preset`): what its runs used."""
+    from moit_explore.config import PRESETS
+
+    name = preset_name or _default_preset()
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return int(PRESETS[name]["k"])
+
+
+def run_data(run):
+    """The training and test images of ``run`` (a runs.Run), in the run's order: the same
+    subset, so ``run_data(run).train_images[i]`` is the image of the run's sample ``i``."""
+    return run.dataset()
+
+
+def folder_features(bundle, preset: str | None = None, *, progress: bool = True, **overrides):
+    """Train MOIT on a user's image folder (a datasets.DatasetBundle from
+    ``load_dataset("imagefolder:...")``, whose folder labels are the given labels) and return
+    the final embeddings (N, D) float32 that the label-issue finder searches.
+
+    preset: default :func:`preset`; overrides: TrainConfig fields. The run is cached under
+    ``runs/course/folders/`` by a hash of the images, labels and settings.
+    """
+    import numpy as np
+
+    from moit_explore import noise, runs, train
+
+    preset_name = preset or _default_preset()
+    labels = np.asarray(bundle.train_labels, dtype=np.int64)
+    digest = hashlib.sha1(np.ascontiguousarray(bundle.train_images).tobytes())
+    digest.update(labels.tobytes())
+    digest.update(json.dumps([preset_name, overrides], sort_keys=True, default=str).encode())
+    target = runs_dir() / "folders" / f"{preset_name}-{digest.hexdigest()[:12]}"
+    if not _complete(target):
+        clean = noise.inject_noise(labels, "none", 0.0, bundle.num_classes)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        # no noise to inject: the folder labels are what the detector questions
+        settings = dict(method="moit", noise="none", rate=0.0, n_train=None, n_test=None,
+                        k=min(k_for(preset_name), len(labels) - 1))
+        settings.update(overrides)
+        train.train(preset=preset_name, out_dir=tmp, progress=progress, data=(bundle, clean),
+                    **settings)
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    return runs.load_run(target).final()["features"].astype(np.float32)

@@ -214,7 +214,7 @@ def _num_batches(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
 
 
-def _torchvision_transform(name: str, size: int, mean, std, channels: int):
+def _torchvision_transform(name: str, size: int, mean, std, padding: int = 4):
     import torchvision.transforms as T
 
     norm = [T.ToTensor(), T.Normalize(mean, std)]
@@ -227,8 +227,16 @@ def _torchvision_transform(name: str, size: int, mean, std, channels: int):
             *norm,
         ])
     if name == "simple":
-        return T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), *norm])
+        return T.Compose([T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip(), *norm])
     return T.Compose(norm)
+
+
+def _build_augment(name: str, bundle: Any, crop_padding: int) -> Any:
+    """The batched augmentation ``name`` with the data set's normalisation statistics."""
+    from moit_explore import augment
+
+    options = {"padding": crop_padding} if name == "simple" else {}
+    return augment.build_augment(name, bundle.mean, bundle.std, **options)
 
 
 class _PilDataset(torch.utils.data.Dataset):
@@ -258,12 +266,12 @@ class ReferencePipeline:
 
     def __init__(self, images: np.ndarray, labels: Tensor, augment_name: str, mean, std,
                  batch_size: int, workers: int, device: torch.device,
-                 channels_last: bool) -> None:
-        h, w, c = images.shape[1:]
+                 channels_last: bool, crop_padding: int = 4) -> None:
+        h = images.shape[1]
         self.images = images
         self.labels = labels
-        self.augment = _torchvision_transform(augment_name, h, mean, std, c)
-        self.normalize = _torchvision_transform("none", h, mean, std, c)
+        self.augment = _torchvision_transform(augment_name, h, mean, std, crop_padding)
+        self.normalize = _torchvision_transform("none", h, mean, std)
         self.batch_size, self.workers, self.device = batch_size, workers, device
         self.channels_last = channels_last
 
@@ -559,12 +567,12 @@ def _setup(cfg: TrainConfig, run_dir: Path, data: tuple | None = None) -> _Sessi
     aug_name = cfg.augment_name()
     if cfg.pipeline == "gpu":
         pipeline: Any = GpuPipeline(images, labels_given,
-                                    augment.build_augment(aug_name, bundle.mean, bundle.std),
+                                    _build_augment(aug_name, bundle, cfg.crop_padding),
                                     normalize, cfg.batch_size, cfg.channels_last)
     else:
         pipeline = ReferencePipeline(bundle.train_images, labels_given, aug_name, bundle.mean,
                                      bundle.std, cfg.batch_size, cfg.workers, device,
-                                     cfg.channels_last)
+                                     cfg.channels_last, cfg.crop_padding)
     return _Session(cfg=cfg, run_dir=run_dir, device=device, amp=amp, bundle=bundle,
                     noisy=noisy, model=model, train_model=train_model, optimizer=optimizer,
                     scheduler=scheduler, memory=mem, pipeline=pipeline, images=images,
@@ -716,8 +724,6 @@ def _set_threads() -> None:
 
 
 def _build_config(cfg: TrainConfig | None, preset: str | None, overrides: dict) -> TrainConfig:
-    if "noise_rate" in overrides:  # alias used by course notebooks
-        overrides["rate"] = overrides.pop("noise_rate")
     if cfg is None:
         return make_preset(preset, **overrides)
     if preset is not None:
@@ -880,7 +886,7 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     keep = torch.from_numpy(setup.train_indices).to(device)
     # the clean subset, with its GIVEN labels
     pipeline = GpuPipeline(images[keep], labels_given[keep],
-                           augment.build_augment("simple", bundle.mean, bundle.std),
+                           _build_augment("simple", bundle, cfg.crop_padding),
                            normalize, min(fcfg.batch_size, len(keep)), fcfg.channels_last,
                            indices=keep)
     train_mask = np.zeros(len(labels_given), dtype=bool)

@@ -111,7 +111,7 @@ def _smoke_flag(value: str | None) -> bool:
                                "print(course.SMOKE, course.preset())"],
         env=env, capture_output=True, text=True, check=True, cwd=ROOT)
     smoke, preset = out.stdout.split()
-    assert preset == ("smoke" if smoke == "True" else "cpu-demo")
+    assert preset == ("digits" if smoke == "True" else "cpu-demo")
     return smoke == "True"
 
 
@@ -124,7 +124,8 @@ def test_moit_smoke_switches_the_course_to_smoke_mode():
 def test_parameter_cell_can_force_the_mode():
     from moit_explore import course
 
-    assert course.preset(True) == "smoke"
+    assert course.preset(True) == "digits"
     assert course.preset(False) == "cpu-demo"
-    assert course.preset(None) == ("smoke" if course.SMOKE else "cpu-demo")
-    assert "smoke" in course.expected_time("smoke")
+    assert course.preset(None) == ("digits" if course.SMOKE else "cpu-demo")
+    assert "'digits'" in course.expected_time("digits")
+    assert course.k_for("digits") < 1437 // 10  # a k that fits the digits' classes
