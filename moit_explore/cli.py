@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--backend", choices=list(cfg_mod.BACKEND_CHOICES), default="auto")
     d.add_argument("--out", metavar="FILE.npz", default=None,
                    help="also write the detection to this NEW file (never overwritten)")
+    d.add_argument("--csv", metavar="FILE.csv", default=None,
+                   help="write the label-issue table to this NEW file: one row per training "
+                   "image, worst first (given and suggested label, label quality, and the "
+                   "image's path for imagefolder data sets)")
 
     r = sub.add_parser("report", help="table of test accuracy and detection for runs")
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -238,9 +242,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     n = len(final["labels_given"])
     if not 1 <= k < n:
         raise ValueError(f"--k {k} must be in [1, {n - 1}] for the {n} training images")
-    if args.out and Path(args.out).exists():
-        raise FileExistsError(f"{args.out} exists; pass a new file name to --out (this command "
-                              "never overwrites)")
+    for flag, out in (("--out", args.out), ("--csv", args.csv)):
+        if out and Path(out).exists():
+            raise FileExistsError(f"{out} exists; pass a new file name to {flag} (this command "
+                                  "never overwrites)")
     given = final["labels_given"].copy()
     det = detection.detect_noise(final["features"].astype(np.float32), given,
                                  int(run.config.get("num_classes", int(given.max()) + 1)), k=k,
@@ -259,6 +264,17 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                  soft_labels=det.soft_labels, corrected_labels=det.corrected_labels, k=k,
                  balance=balance)
         print(f"wrote {args.out}")
+    if args.csv:
+        from moit_explore import analysis
+
+        # an image folder is re-read for the file paths, so the table names each image
+        paths = (run.dataset().train_paths
+                 if str(run.config.get("dataset", "")).startswith("imagefolder:") else None)
+        table = analysis.label_issues_table(given, detection=det, class_names=run.classes or None,
+                                            paths=paths)
+        analysis.export_label_issues(table, args.csv)
+        print(f"wrote {args.csv}: {int(table['is_label_issue'].sum())} of {len(table)} images "
+              "flagged, worst first")
     return 0
 
 

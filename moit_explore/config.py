@@ -106,6 +106,7 @@ class TrainConfig:
                       "imagefolder:<path>")
     data_root: str = _f("data", "folder holding the data sets")
     image_size: int | None = _f(None, "resize images to this size (None: native size)")
+    image_channels: int = _f(3, "imagefolder only: 1 reads the images as grayscale, 3 as RGB")
     n_train: int | None = _f(None, "stratified training subset size (None: all)")
     n_test: int | None = _f(None, "stratified test subset size (None: all)")
     subset_seed: int = _f(0, "seed of the stratified subset")
@@ -239,6 +240,9 @@ class TrainConfig:
                              "samples within a batch)")
         _check_int("workers", self.workers, 0)
         _check_int("crop_padding", self.crop_padding, 0)
+        if self.image_channels not in (1, 3):
+            raise ValueError(f"image_channels must be 1 (grayscale) or 3 (RGB), got "
+                             f"{self.image_channels!r}")
         _check_int("xbm_begin", self.xbm_begin, 0)
         _check_int("correction_start", self.correction_start, 0)
         _check_float("lr", self.lr, 0.0, low_open=True)

@@ -379,7 +379,8 @@ class Run:
 
         cfg = self.config
         bundle = datasets.load_dataset(cfg["dataset"], cfg.get("data_root", "data"),
-                                       download=False, image_size=cfg.get("image_size"))
+                                       download=False, image_size=cfg.get("image_size"),
+                                       channels=int(cfg.get("image_channels", 3)))
         return datasets.subset(bundle, cfg.get("n_train"), cfg.get("n_test"),
                                seed=int(cfg.get("subset_seed", 0)))
 

@@ -144,7 +144,8 @@ def load_data(cfg: TrainConfig):
     """
     from moit_explore import datasets, noise
 
-    bundle = datasets.load_dataset(cfg.dataset, cfg.data_root, image_size=cfg.image_size)
+    bundle = datasets.load_dataset(cfg.dataset, cfg.data_root, image_size=cfg.image_size,
+                                   channels=cfg.image_channels)
     bundle = datasets.subset(bundle, cfg.n_train, cfg.n_test, seed=cfg.subset_seed)
     c = bundle.num_classes
     if cfg.noise_file:
