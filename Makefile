@@ -52,9 +52,14 @@ test-fast: $(STAMP)
 test-notebooks: $(STAMP) data
 	MOIT_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=300 notebooks
 
+# Debian's chromium (never a downloaded Playwright build); installed here when apt is usable.
 test-browser: $(STAMP) data
-	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || apt-get install -y -q chromium >/dev/null
-	$(PY) -m pytest -q -m browser tests/test_browser.py -p no:cacheprovider
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || [ -n "$$MOIT_CHROMIUM" ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y -q chromium >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
+	  { echo "test-browser needs Chromium: apt-get install chromium (as root), or set MOIT_CHROMIUM"; exit 1; }
+	MOIT_SMOKE=1 $(PY) -m pytest -q -m browser tests/test_browser.py -p no:cacheprovider
 
 demo: $(STAMP) data
 	$(PY) -m moit_explore demo

@@ -131,8 +131,9 @@ class TrainConfig:
     lr: float = _f(0.1, "SGD learning rate")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "SGD weight decay")
-    lr_milestones: tuple[int, ...] = _f((125, 200), "epochs after which the LR is multiplied "
-                                        "by lr_gamma (comma list)")
+    lr_milestones: tuple[int, ...] = _f((125, 200), "epochs from which the LR is multiplied "
+                                        "by lr_gamma (comma list; epoch 125 is the first at the "
+                                        "lower LR, as the release)")
     lr_gamma: float = _f(0.1, "LR decay factor at each milestone")
     tau: float = _f(0.1, "temperature of the contrastive losses")
     alpha: float = _f(1.0, "mixup Beta(alpha, alpha) parameter (0: no mixing)")
@@ -290,7 +291,7 @@ class FinetuneConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "SGD weight decay")
     batch_size: int = _f(128, "batch size")
-    lr_milestones: tuple[int, ...] = _f((), "epochs after which the LR is multiplied by "
+    lr_milestones: tuple[int, ...] = _f((), "epochs from which the LR is multiplied by "
                                         "lr_gamma (paper, 80% noise: 120)")
     lr_gamma: float = _f(0.1, "LR decay factor")
     alpha: float = _f(1.0, "mixup Beta(alpha, alpha) parameter")

@@ -120,9 +120,9 @@ class PreActBlock(nn.Module):
 class PreActResNet18(_Heads):
     """PreAct ResNet-18, CIFAR variant (3x3 stride-1 stem, no max-pool), spec §1.
 
-    Stages of two blocks with ``width * (1, 2, 4, 8)`` channels and strides 1/2/2/2, then a
-    final BN+ReLU (the last block's output is not yet activated in a pre-act net) and a global
-    average pool: h has ``feature_dim = 8 * width`` (512 for the default width 64).
+    As the release: stem conv -> BN+ReLU -> stages of two blocks with ``width * (1, 2, 4, 8)``
+    channels and strides 1/2/2/2 -> global average pool of the last block's output (no final
+    BN+ReLU): h has ``feature_dim = 8 * width`` (512 for the default width 64).
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 64,
@@ -130,6 +130,7 @@ class PreActResNet18(_Heads):
         super().__init__()
         _check_sizes(num_classes, in_channels, width, embed_dim)
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         planes = [width, 2 * width, 4 * width, 8 * width]
         strides = [1, 2, 2, 2]
         layers: list[nn.Module] = []
@@ -138,16 +139,14 @@ class PreActResNet18(_Heads):
             layers.append(nn.Sequential(PreActBlock(in_planes, p, s), PreActBlock(p, p, 1)))
             in_planes = p
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.bn = nn.BatchNorm2d(in_planes)
         self.feature_dim = in_planes
         self._build_heads(num_classes, projection, embed_dim)
         _init_weights(self)
 
     def features(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) -> h (B, feature_dim)."""
-        out = self.conv1(x)
+        out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.relu(self.bn(out))
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
 

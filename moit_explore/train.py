@@ -123,6 +123,15 @@ def _set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, milestones: tuple[int, ...],
+                gamma: float) -> torch.optim.lr_scheduler.MultiStepLR:
+    """Step decay, stepped once after every epoch: epoch ``e`` (1-based) trains at
+    ``lr * gamma ** #{m in milestones : m <= e}``, so with milestones (125, 200) epoch 125 is
+    the first at the lower LR, as in the release (its scheduler steps at each epoch's start)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, [m - 1 for m in milestones],
+                                                gamma=gamma)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -367,11 +376,23 @@ class EpochContext:
 
 
 def _memory_for(ctx: EpochContext, z1: Tensor, z2: Tensor, y: Tensor) -> Any:
-    """Enqueue the current 2B embeddings (from epoch > xbm_begin) and return the memory."""
-    if ctx.memory is None or ctx.epoch <= ctx.cfg.xbm_begin:
+    """Enqueue the current 2B embeddings (every step, spec §2a: as the release, the queue also
+    fills during the first xbm_begin epochs) and return the memory from epoch > xbm_begin,
+    else None (no memory term yet)."""
+    if ctx.memory is None:
         return None
     ctx.memory.enqueue(torch.cat([z1, z2]).detach(), torch.cat([y, y]))
-    return ctx.memory
+    return ctx.memory if ctx.epoch > ctx.cfg.xbm_begin else None
+
+
+def _forward_views(ctx: EpochContext, views: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """(logits, z) of each view, one forward pass per view: batch-norm statistics are those
+    of each view alone, as in the release (a joint pass would pool both views)."""
+    out = []
+    for x in views:
+        with _autocast(ctx.device, ctx.amp):
+            out.append(ctx.model(x))
+    return out
 
 
 def moit_step(ctx: EpochContext, batch: Batch) -> dict[str, Tensor]:
@@ -386,23 +407,22 @@ def moit_step(ctx: EpochContext, batch: Batch) -> dict[str, Tensor]:
     # interpolation, independently per view: lam = max(lam, 1 - lam), own permutation
     xm1, perm1, lam1 = losses.mixup(x1, cfg.alpha, ctx.gen)
     xm2, perm2, lam2 = losses.mixup(x2, cfg.alpha, ctx.gen)
-    with _autocast(ctx.device, ctx.amp):
-        logits, z = ctx.model(torch.cat([xm1, xm2]))
-    logits1, logits2 = logits.chunk(2)
-    z1, z2 = z.chunk(2)
+    (logits1, z1), (logits2, z2) = _forward_views(ctx, [xm1, xm2])
+    # logits_0 = f(x0), no gradient, every step: as in the release this train-mode pass also
+    # feeds the batch-norm running statistics with non-augmented images
+    with torch.no_grad(), _autocast(ctx.device, ctx.amp):
+        logits0, _ = ctx.model(batch.x0)
     # L_ICL = L_batch + L_mem (memory from epoch > xbm_begin, holding the current batch)
     memory = _memory_for(ctx, z1, z2, y)
     icl = losses.icl_loss_terms(z1, z2, y, perm1, perm2, lam1, lam2, tau=cfg.tau, memory=memory)
     # L_CLS: mixup CE until correction_start; then the previous epoch's clean mask a splits
-    # it into a labeled term and a pseudo-labeled term with q = softmax(f(x0))
-    clean = logits0 = None
+    # it into a labeled term and a pseudo-labeled term with q = softmax(logits_0)
+    clean = None
     if ctx.epoch > cfg.correction_start:
         if ctx.clean is None:
             raise RuntimeError("label correction needs the previous epoch's detection; run with "
                                "--detect epoch")
         clean = ctx.clean[batch.idx]
-        with torch.no_grad(), _autocast(ctx.device, ctx.amp):
-            logits0, _ = ctx.model(batch.x0)
     cls = losses.classification_loss_terms(logits1, logits2, logits0, y, perm1, perm2,
                                            lam1, lam2, clean=clean)
     return {"icl_batch": icl["icl_batch"], "icl_memory": icl["icl_memory"],
@@ -416,10 +436,7 @@ def icl_step(ctx: EpochContext, batch: Batch) -> dict[str, Tensor]:
     cfg, y = ctx.cfg, batch.y
     xm1, perm1, lam1 = losses.mixup(batch.views[0], cfg.alpha, ctx.gen)
     xm2, perm2, lam2 = losses.mixup(batch.views[1], cfg.alpha, ctx.gen)
-    with _autocast(ctx.device, ctx.amp):
-        logits, z = ctx.model(torch.cat([xm1, xm2]))
-    logits1, logits2 = logits.chunk(2)
-    z1, z2 = z.chunk(2)
+    (logits1, z1), (logits2, z2) = _forward_views(ctx, [xm1, xm2])
     memory = _memory_for(ctx, z1, z2, y)
     icl = losses.icl_loss_terms(z1, z2, y, perm1, perm2, lam1, lam2, tau=cfg.tau, memory=memory)
     cls = losses.classification_loss_terms(logits1, logits2, None, y, perm1, perm2, lam1, lam2)
@@ -550,8 +567,7 @@ def _setup(cfg: TrainConfig, run_dir: Path, data: tuple | None = None) -> _Sessi
     train_model = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.lr_milestones),
-                                                     gamma=cfg.lr_gamma)
+    scheduler = lr_schedule(optimizer, cfg.lr_milestones, cfg.lr_gamma)
     mem = None
     if cfg.method in ("supcon", "icl", "moit"):
         mem = memory.CrossBatchMemory(memory.memory_size(c, cfg.xbm_per_class), cfg.embed_dim,
@@ -656,7 +672,7 @@ def _train_loop(s: _Session, progress: bool, on_epoch_end: EpochCallback | None)
             ctx = EpochContext(model=s.train_model, cfg=cfg, epoch=epoch, gen=gen,
                                device=s.device, amp=s.amp, memory=s.memory, clean=s.clean)
             lr = s.optimizer.param_groups[0]["lr"]
-            with_x0 = cfg.method == "moit" and epoch > cfg.correction_start
+            with_x0 = cfg.method == "moit"
             terms, n_images = _run_epoch(ctx, s.pipeline, step, n_views, with_x0, s.optimizer,
                                          order, bar)
             s.scheduler.step()
@@ -839,6 +855,29 @@ def prepare_finetune(run_dir: str | Path, fcfg: FinetuneConfig) -> FinetuneSetup
                          base_state=state, run=run)
 
 
+def finetune_step(model: nn.Module, batch: Batch, fcfg: FinetuneConfig, gen: torch.Generator,
+                  device: torch.device, amp: str, bootstrap: bool) -> dict[str, Tensor]:
+    """One MOIT+ step (spec §4) on the single "simple" view: ``{"mixup": loss}``, or with
+    ``bootstrap`` (epochs > bootstrap_start) ``{"bootstrap": loss}``, mixup with hard
+    bootstrapping where z_hat = argmax of the model on the non-augmented ``batch.x0``
+    (no gradient; the model in its current mode, train during fine-tuning, as the release).
+    """
+    from moit_explore import losses
+
+    xm, perm, lam = losses.mixup(batch.views[0], fcfg.alpha, gen)
+    with _autocast(device, amp):
+        logits, _ = model(xm)
+    y = batch.y
+    if not bootstrap:
+        return {"mixup": losses.mixup_ce(logits, y, y[perm], lam)}
+    if batch.x0 is None:
+        raise ValueError("hard bootstrapping needs the non-augmented images batch.x0")
+    with torch.no_grad(), _autocast(device, amp):
+        z_hat = model(batch.x0)[0].argmax(1)
+    return {"bootstrap": losses.mixup_bootstrap_loss(logits, y, y[perm], z_hat, z_hat[perm],
+                                                     lam, beta=fcfg.beta)}
+
+
 def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
              progress: bool | None = None, *, on_epoch_end: EpochCallback | None = None,
              **overrides: Any) -> Path:
@@ -851,7 +890,7 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     """
     from tqdm.auto import tqdm
 
-    from moit_explore import augment, losses
+    from moit_explore import augment
 
     run_dir = Path(run_dir)
     if fcfg is None:
@@ -875,8 +914,7 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=fcfg.lr, momentum=fcfg.momentum,
                                 weight_decay=fcfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(fcfg.lr_milestones),
-                                                     gamma=fcfg.lr_gamma)
+    scheduler = lr_schedule(optimizer, fcfg.lr_milestones, fcfg.lr_gamma)
     images = _to_nchw(bundle.train_images, device)
     test_images = _to_nchw(bundle.test_images, device)
     labels_given = torch.from_numpy(noisy.noisy.copy()).to(device)
@@ -922,20 +960,8 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
             sums: dict[str, Tensor] = {}
             n_steps = n_images = 0
             for batch in pipeline.batches(order, 1, bootstrap, gen):
-                xm, perm, lam = losses.mixup(batch.views[0], fcfg.alpha, gen)
-                with _autocast(device, amp):
-                    logits, _ = model(xm)
-                y = batch.y
-                if bootstrap:
-                    # z_hat: the model's own prediction on the non-augmented image, detached
-                    with torch.no_grad(), _autocast(device, amp):
-                        z_hat = model(batch.x0)[0].argmax(1)
-                    loss = losses.mixup_bootstrap_loss(logits, y, y[perm], z_hat, z_hat[perm],
-                                                       lam, beta=fcfg.beta)
-                    key = "bootstrap"
-                else:
-                    loss = losses.mixup_ce(logits, y, y[perm], lam)
-                    key = "mixup"
+                ((key, loss),) = finetune_step(model, batch, fcfg, gen, device, amp,
+                                               bootstrap).items()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -134,6 +134,16 @@ def test_build_augment_types():
     assert build_augment("complex", MEAN1, STD1, gray_p=0.0).gray_p == 0.0
 
 
+def test_defaults_are_the_spec_values():
+    # spec §2: RandomResizedCrop(scale (0.08, 1), ratio 3/4..4/3), flip 0.5, ColorJitter
+    # (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale 0.2; spec §4: 4-pixel padding, flip 0.5
+    c = build_augment("complex", MEAN3, STD3)
+    assert c.scale == (0.08, 1.0) and c.ratio == pytest.approx((3 / 4, 4 / 3))
+    assert (c.flip_p, c.jitter, c.jitter_p, c.gray_p) == (0.5, (0.4, 0.4, 0.4, 0.1), 0.8, 0.2)
+    s = build_augment("simple", MEAN3, STD3)
+    assert (s.padding, s.flip_p) == (4, 0.5)
+
+
 # --------------------------------------------------------------------------- randomness
 
 

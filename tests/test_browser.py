@@ -37,6 +37,9 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    # containers often give /dev/shm only 64 MB; Debian's wrapper adds this flag only when its
+    # own /dev/shm check works, so pass it ourselves (shared memory then lives in /tmp)
+    "--disable-dev-shm-usage",
 ]
 SERVER_START_S = 90
 NOTEBOOK_RUN_S = 420  # a cold cache trains the smoke run first
@@ -165,24 +168,26 @@ slider => {
 """
 
 
-def _accept_kernel_dialog(page) -> None:
-    """Accept a "Select Kernel" dialog if JupyterLab shows one (it proposes the notebook's own)."""
+def _wait_for_kernel(page) -> None:
+    """Wait until the notebook's kernel is idle, accepting a "Select Kernel" dialog on the way.
+
+    With the settings above JupyterLab starts the notebook's own kernel by itself; should it ask
+    instead, the kernel would never start before the dialog is answered, so wait for either.
+    """
+    idle = page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")
     dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
-    try:
-        dialog.wait_for(state="visible", timeout=2000)
-    except Exception:  # playwright's TimeoutError: no dialog, nothing to do
-        return
-    dialog.locator(".jp-mod-accept").click()
-    dialog.wait_for(state="hidden", timeout=10_000)
+    idle.or_(dialog).first.wait_for(state="visible", timeout=SERVER_START_S * 1000)
+    if dialog.is_visible():
+        dialog.locator(".jp-mod-accept").click()  # it proposes the notebook's own kernel
+        dialog.wait_for(state="hidden", timeout=10_000)
+    idle.first.wait_for(state="visible", timeout=SERVER_START_S * 1000)
 
 
 def _open_and_run_all(page, server: LabServer, notebook: str) -> None:
     page.goto(f"{server.url}/lab/tree/{notebook}?reset&token={server.token}")
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=SERVER_START_S * 1000)
     # the kernel must be up before Run All, or the first cells queue behind its start
-    page.wait_for_selector(".jp-NotebookPanel [data-status='idle']",
-                           timeout=SERVER_START_S * 1000)
-    _accept_kernel_dialog(page)
+    _wait_for_kernel(page)
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
@@ -192,6 +197,8 @@ def drive_k_slider(server: LabServer, notebook: str, screenshot: Path) -> tuple[
     from playwright.sync_api import sync_playwright
 
     failure_shot = screenshot.with_name(screenshot.stem + "_failure.png")
+    for stale in (screenshot, failure_shot):  # only this run's pictures in tests/artifacts/
+        stale.unlink(missing_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=_chromium(), headless=True,
                                      args=CHROMIUM_ARGS)

@@ -82,7 +82,7 @@ def _preact_param_count(num_classes: int, in_ch: int = 3, width: int = 64,
     def bn(c):
         return 2 * c
 
-    total = conv(in_ch, width, 3)  # stem
+    total = conv(in_ch, width, 3) + bn(width)  # stem conv + BN (release: BN+ReLU after it)
     cin = width
     for mult, stride in zip((1, 2, 4, 8), (1, 2, 2, 2), strict=True):
         cout = width * mult
@@ -91,7 +91,7 @@ def _preact_param_count(num_classes: int, in_ch: int = 3, width: int = 64,
             if b == 0 and (stride != 1 or cin != cout):
                 total += conv(cin, cout, 1)
             cin = cout
-    total += bn(cin)  # final BN
+    # no final BN: h is the pooled output of the last block
     total += cin * num_classes + num_classes  # classifier
     total += cin * embed_dim + embed_dim  # linear projector
     return total
@@ -112,11 +112,38 @@ def test_init_kaiming_fan_out_and_bn():
     conv = m.layer3[1].conv2  # 256 -> 256, 3x3
     fan_out = conv.out_channels * 9
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.02)
+    # fan_out, not fan_in: a conv whose two fans differ (128 -> 256) tells them apart
+    conv = m.layer3[0].conv1
+    assert conv.in_channels != conv.out_channels
+    fan_out, fan_in = conv.out_channels * 9, conv.in_channels * 9
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.03)
+    assert abs(conv.weight.std().item() - math.sqrt(2.0 / fan_in)) > 0.1 * math.sqrt(2.0 / fan_in)
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
             assert torch.all(mod.weight == 1) and torch.all(mod.bias == 0)
     assert not any(isinstance(mod, nn.MaxPool2d) for mod in m.modules())
     assert m.conv1.stride == (1, 1) and m.conv1.kernel_size == (3, 3)
+
+
+def test_preact_resnet_stem_bn_relu_and_no_final_bn():
+    # spec §1 (the release): conv stem -> BN+ReLU -> four stages -> average pool of the last
+    # block's raw output (no BN+ReLU after the last stage)
+    torch.manual_seed(0)
+    m = PreActResNet18(10, width=8)
+    assert isinstance(m.bn1, nn.BatchNorm2d) and m.bn1.num_features == 8
+    with torch.no_grad():
+        for bn in (mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    m.eval()
+    x = torch.randn(3, 3, 16, 16)
+    out = F.relu(m.bn1(m.conv1(x)))
+    out = m.layer4(m.layer3(m.layer2(m.layer1(out))))
+    expected = out.mean(dim=(2, 3))
+    torch.testing.assert_close(m.features(x), expected, atol=1e-5, rtol=1e-5)
+    assert (expected < 0).any()  # not ReLU'd: no activation after the last block
+    bns = [name for name, mod in m.named_modules() if isinstance(mod, nn.BatchNorm2d)]
+    assert bns[0] == "bn1" and all(n.startswith("layer") for n in bns[1:])
 
 
 def test_preact_block_shortcuts():

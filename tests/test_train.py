@@ -69,6 +69,30 @@ def test_moit_uses_memory_and_label_correction_when_scheduled(method_runs):
     assert (m["loss_cls_unlabeled"] > 0).tolist() == (m["epoch"] > cfg.correction_start).tolist()
     assert m["ssl"].tolist() == (m["epoch"] > cfg.correction_start).tolist()
     assert m["memory_filled"].iloc[-1] == 2 * cfg.xbm_per_class * 10  # the queue wrapped
+    # the queue fills every step, also before it is used (epoch <= xbm_begin), as the release
+    assert (m["memory_filled"][m["epoch"] <= cfg.xbm_begin] > 0).all()
+
+
+def test_memory_filled_every_step_used_after_xbm_begin():
+    from moit_explore.memory import CrossBatchMemory
+
+    cfg = config.preset("smoke", xbm_begin=2)
+    mem = CrossBatchMemory(size=12, dim=2)
+    z1, z2 = torch.eye(2), torch.eye(2).flip(0)
+    y = torch.tensor([0, 1])
+    for epoch in (1, 2):
+        ctx = train.EpochContext(model=None, cfg=cfg, epoch=epoch, gen=None,
+                                 device=torch.device("cpu"), amp="none", memory=mem)
+        assert train._memory_for(ctx, z1, z2, y) is None  # no memory term yet ...
+    assert mem.filled == 8 and mem.ptr == 8  # ... but both batches were enqueued
+    ctx = train.EpochContext(model=None, cfg=cfg, epoch=3, gen=None,
+                             device=torch.device("cpu"), amp="none", memory=mem)
+    assert train._memory_for(ctx, z1, z2, y) is mem
+    # 8 + 4 > 12 fits exactly; the current batch sits in the slots the view names
+    assert mem.view().batch_slots.tolist() == [8, 9, 10, 11]
+    torch.testing.assert_close(mem.view().feats[8:], torch.cat([z1, z2]))
+    ctx.memory = None
+    assert train._memory_for(ctx, z1, z2, y) is None
 
 
 def test_detection_never_changes_the_given_labels(method_runs):
@@ -229,3 +253,131 @@ def test_finetune_refuses_an_unfinished_run(tmp_path):
     (run_dir / "embeddings" / "final.npz").unlink()
     with pytest.raises(FileNotFoundError, match="has not finished"):
         train.finetune(run_dir, config.finetune_preset("smoke"))
+
+
+def _step_ctx(epoch, clean=None, memory=None, **cfg_kw):
+    from moit_explore import models
+
+    torch.manual_seed(0)
+    model = models.build_model("small_cnn", 3, 1, width=4, embed_dim=8).eval()  # BN fixed
+    cfg = config.preset("smoke", xbm_begin=1, correction_start=2, **cfg_kw)
+    gen = torch.Generator().manual_seed(5)
+    return train.EpochContext(model=model, cfg=cfg, epoch=epoch, gen=gen,
+                              device=torch.device("cpu"), amp="none", memory=memory,
+                              clean=clean)
+
+
+def test_moit_step_wires_views_x0_and_the_clean_mask_by_dataset_index():
+    from moit_explore import losses
+    from moit_explore.memory import CrossBatchMemory
+
+    g = torch.Generator().manual_seed(1)
+    B, N = 6, 20
+    idx = torch.tensor([17, 3, 9, 0, 12, 5])          # dataset indices, not batch positions
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    x1, x2, x0 = (torch.randn(B, 1, 8, 8, generator=g) for _ in range(3))
+    clean = torch.zeros(N, dtype=torch.bool)
+    clean[[17, 9, 5]] = True                          # batch positions 0, 2, 5
+    batch = train.Batch(idx, y, [x1, x2], x0)
+    mem = CrossBatchMemory(size=48, dim=8)
+    ctx = _step_ctx(epoch=3, clean=clean, memory=mem)
+    terms = train.moit_step(ctx, batch)
+    assert mem.filled == 2 * B
+
+    # the same draws, by hand: one mixup per view (own lam and permutation), in that order
+    gen = torch.Generator().manual_seed(5)
+    xm1, p1, lam1 = losses.mixup(x1, ctx.cfg.alpha, gen)
+    xm2, p2, lam2 = losses.mixup(x2, ctx.cfg.alpha, gen)
+    assert not torch.equal(p1, p2) or lam1 != lam2
+    with torch.no_grad():
+        l1, z1 = ctx.model(xm1)
+        l2, z2 = ctx.model(xm2)
+        l0, _ = ctx.model(x0)
+    mask = torch.tensor([True, False, True, False, False, True])
+    cls = losses.classification_loss_terms(l1, l2, l0, y, p1, p2, lam1, lam2, clean=mask)
+    icl = losses.icl_loss_terms(z1, z2, y, p1, p2, lam1, lam2, tau=ctx.cfg.tau, memory=mem)
+    for k, v in {**cls, **icl}.items():
+        assert terms[k].item() == pytest.approx(v.item(), rel=1e-5, abs=1e-6), k
+    assert terms["cls_unlabeled"].item() > 0 and terms["icl_memory"].item() > 0
+
+
+def test_moit_step_before_correction_and_memory_is_plain_mixup():
+    g = torch.Generator().manual_seed(2)
+    B = 4
+    batch = train.Batch(torch.arange(B), torch.tensor([0, 1, 1, 2]),
+                        [torch.randn(B, 1, 8, 8, generator=g) for _ in range(3)][:2],
+                        torch.randn(B, 1, 8, 8, generator=g))
+    # epoch 1 <= xbm_begin and <= correction_start: no memory term, no clean mask
+    terms = train.moit_step(_step_ctx(epoch=1), batch)
+    assert terms["cls_unlabeled"].item() == 0.0 and terms["icl_memory"].item() == 0.0
+    assert math.isfinite(terms["icl_batch"].item()) and terms["cls_labeled"].item() > 0
+    with pytest.raises(RuntimeError, match="previous epoch's detection"):
+        train.moit_step(_step_ctx(epoch=3), batch)
+
+
+def test_finetune_step_mixup_then_hard_bootstrap_on_x0():
+    from moit_explore import losses, models
+
+    torch.manual_seed(0)
+    model = models.build_model("small_cnn", 3, 1, width=4, embed_dim=8).eval()
+    g = torch.Generator().manual_seed(3)
+    B = 8
+    x, x0 = torch.randn(B, 1, 8, 8, generator=g), torch.randn(B, 1, 8, 8, generator=g)
+    y = torch.randint(0, 3, (B,), generator=g)
+    batch = train.Batch(torch.arange(B), y, [x], x0)
+    fcfg = config.finetune_preset("smoke")
+    cpu = torch.device("cpu")
+
+    def draws():
+        gen = torch.Generator().manual_seed(4)
+        return gen, losses.mixup(x, fcfg.alpha, torch.Generator().manual_seed(4))
+
+    gen, (xm, perm, lam) = draws()
+    with torch.no_grad():
+        logits = model(xm)[0]
+        z_hat = model(x0)[0].argmax(1)
+    out = train.finetune_step(model, batch, fcfg, gen, cpu, "none", bootstrap=False)
+    assert set(out) == {"mixup"}
+    assert out["mixup"].item() == pytest.approx(
+        losses.mixup_ce(logits, y, y[perm], lam).item(), rel=1e-5)
+
+    gen, _ = draws()
+    out = train.finetune_step(model, batch, fcfg, gen, cpu, "none", bootstrap=True)
+    # z_hat comes from the NON-augmented images (not from the mixed view)
+    expected = losses.mixup_bootstrap_loss(logits, y, y[perm], z_hat, z_hat[perm], lam,
+                                           beta=fcfg.beta)
+    assert set(out) == {"bootstrap"}
+    assert out["bootstrap"].item() == pytest.approx(expected.item(), rel=1e-5)
+    wrong = losses.mixup_bootstrap_loss(logits, y, y[perm], logits.argmax(1),
+                                        logits.argmax(1)[perm], lam, beta=fcfg.beta)
+    assert not z_hat.equal(logits.argmax(1)) and wrong.item() != pytest.approx(expected.item())
+    with pytest.raises(ValueError, match="x0"):
+        train.finetune_step(model, train.Batch(batch.idx, y, [x], None), fcfg,
+                            draws()[0], cpu, "none", bootstrap=True)
+
+
+def test_moit_step_forwards_each_view_and_x0_separately_in_train_mode():
+    """As the release: view 1, view 2 and the non-augmented x0 each get their own train-mode
+    forward pass every step, so batch norm sees per-view statistics and the clean images."""
+    ctx = _step_ctx(epoch=1)
+    ctx.model.train()
+    seen = []
+    ctx.model.register_forward_hook(lambda m, inp, out: seen.append((inp[0].shape[0], m.training)))
+    g = torch.Generator().manual_seed(3)
+    B = 5
+    views = [torch.randn(B, 1, 8, 8, generator=g) for _ in range(2)]
+    x0 = torch.randn(B, 1, 8, 8, generator=g)
+    train.moit_step(ctx, train.Batch(torch.arange(B), torch.tensor([0, 1, 2, 0, 1]), views, x0))
+    assert seen == [(B, True)] * 3
+
+
+def test_lr_milestones_name_the_first_epoch_at_the_lower_lr():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = train.lr_schedule(opt, (2, 4), 0.1)
+    lrs = []
+    for _ in range(5):  # epochs 1..5, stepped after each as the trainer does
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01])
