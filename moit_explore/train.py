@@ -178,6 +178,20 @@ def _to_nchw(images: np.ndarray, device: torch.device) -> Tensor:
         .to(device)
 
 
+def _device_data(bundle: Any, noisy: Any, device: torch.device) -> tuple:
+    """Train / test images (uint8 NCHW), given / true / test labels on ``device``, and the
+    data set's normalisation."""
+    from moit_explore import augment
+
+    # copies: nothing the run does can reach back into the bundle or the noise record
+    labels_given = torch.from_numpy(noisy.noisy.copy()).to(device)
+    labels_true = torch.from_numpy(noisy.clean.copy()).to(device)
+    test_labels = torch.from_numpy(np.asarray(bundle.test_labels, dtype=np.int64).copy())
+    return (_to_nchw(bundle.train_images, device), _to_nchw(bundle.test_images, device),
+            labels_given, labels_true, test_labels.to(device),
+            augment.Normalize(bundle.mean, bundle.std))
+
+
 @dataclass
 class Batch:
     """One training batch: dataset indices, given labels, augmented views, non-augmented x0."""
@@ -544,7 +558,7 @@ class _Session:
 
 
 def _setup(cfg: TrainConfig, run_dir: Path, data: tuple | None = None) -> _Session:
-    from moit_explore import augment, memory, models
+    from moit_explore import memory, models
 
     device = resolve_device(cfg.device)
     amp = cfg.amp_dtype(device.type)
@@ -573,14 +587,8 @@ def _setup(cfg: TrainConfig, run_dir: Path, data: tuple | None = None) -> _Sessi
         mem = memory.CrossBatchMemory(memory.memory_size(c, cfg.xbm_per_class), cfg.embed_dim,
                                       device=device)
 
-    images = _to_nchw(bundle.train_images, device)
-    test_images = _to_nchw(bundle.test_images, device)
-    # copies: nothing the run does can reach back into the bundle or the noise record
-    labels_given = torch.from_numpy(noisy.noisy.copy()).to(device)
-    labels_true = torch.from_numpy(noisy.clean.copy()).to(device)
-    test_labels = torch.from_numpy(np.asarray(bundle.test_labels, dtype=np.int64).copy()) \
-        .to(device)
-    normalize = augment.Normalize(bundle.mean, bundle.std)
+    images, test_images, labels_given, labels_true, test_labels, normalize = \
+        _device_data(bundle, noisy, device)
     aug_name = cfg.augment_name()
     if cfg.pipeline == "gpu":
         pipeline: Any = GpuPipeline(images, labels_given,
@@ -890,7 +898,6 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     """
     from tqdm.auto import tqdm
 
-    from moit_explore import augment
 
     run_dir = Path(run_dir)
     if fcfg is None:
@@ -915,13 +922,8 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     optimizer = torch.optim.SGD(model.parameters(), lr=fcfg.lr, momentum=fcfg.momentum,
                                 weight_decay=fcfg.weight_decay)
     scheduler = lr_schedule(optimizer, fcfg.lr_milestones, fcfg.lr_gamma)
-    images = _to_nchw(bundle.train_images, device)
-    test_images = _to_nchw(bundle.test_images, device)
-    labels_given = torch.from_numpy(noisy.noisy.copy()).to(device)
-    labels_true = torch.from_numpy(noisy.clean.copy()).to(device)
-    test_labels = torch.from_numpy(np.asarray(bundle.test_labels, dtype=np.int64).copy()) \
-        .to(device)
-    normalize = augment.Normalize(bundle.mean, bundle.std)
+    images, test_images, labels_given, labels_true, test_labels, normalize = \
+        _device_data(bundle, noisy, device)
     keep = torch.from_numpy(setup.train_indices).to(device)
     # the clean subset, with its GIVEN labels
     pipeline = GpuPipeline(images[keep], labels_given[keep],
