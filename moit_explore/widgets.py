@@ -48,6 +48,12 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _image_widget(w: Any) -> Any:
+    """A PNG widget shown at its own pixel size: a flex column would otherwise stretch it to
+    the output's width and blur it."""
+    return w.Image(format="png", layout=w.Layout(align_self="flex-start", max_width="100%"))
+
+
 def _png(fig: Any, dpi: int = 80) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -253,7 +259,7 @@ class KSliderPanel(_Panel):
                                    description="balance")
         self._html = w.HTML()
         self._html.add_class(METRICS_CSS_CLASS)
-        self._image = w.Image(format="png")
+        self._image = _image_widget(w)
 
         def on_change(_change: Any) -> None:
             if not self._syncing:
@@ -398,7 +404,7 @@ class ThresholdPanel(_Panel):
                                      description="criterion")
         self._html = w.HTML()
         self._html.add_class(METRICS_CSS_CLASS)
-        self._image = w.Image(format="png")
+        self._image = _image_widget(w)
 
         def on_change(_change: Any) -> None:
             if not self._syncing:
@@ -507,7 +513,7 @@ class SuspiciousImagesPanel(_Panel):
                                   description="class")
         self._html = w.HTML()
         self._html.add_class(METRICS_CSS_CLASS)
-        self._image = w.Image(format="png")
+        self._image = _image_widget(w)
 
         def on_change(_change: Any) -> None:
             if not self._syncing:
@@ -641,7 +647,7 @@ class EpochPanel(_Panel):
                                          description="epoch", continuous_update=False)
         self._html = w.HTML()
         self._html.add_class(METRICS_CSS_CLASS)
-        self._image = w.Image(format="png")
+        self._image = _image_widget(w)
 
         def on_change(_change: Any) -> None:
             if not self._syncing:

@@ -111,6 +111,7 @@ def jupyter_lab(root: Path, env_extra: dict[str, str]) -> Iterator[LabServer]:
             sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
             "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
             "--ServerApp.open_browser=False", "--ServerApp.port_retries=0",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: the session's real state
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-root")
@@ -168,28 +169,102 @@ slider => {
 """
 
 
+# True once the current notebook's session is attached to a connected, idle kernel. The toolbar's
+# execution indicator is no substitute: it reads "idle" for a moment before any session exists,
+# and cells run then make JupyterLab start a kernel of its own, replacing (or connecting twice
+# to) the session's one: queued cells are dropped or widgets show "model not found".
+KERNEL_READY_JS = """
+() => {
+  const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  const ctx = panel && panel.sessionContext;
+  const kernel = ctx && ctx.isReady && ctx.session && ctx.session.kernel;
+  return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
+}
+"""
+SELECT_KERNEL_JS = """
+() => [...document.querySelectorAll('.jp-Dialog')].some(d => d.innerText.includes('Select Kernel'))
+"""
+
+
 def _wait_for_kernel(page) -> None:
-    """Wait until the notebook's kernel is idle, accepting a "Select Kernel" dialog on the way.
+    """Wait until the notebook's kernel is connected and idle, accepting a "Select Kernel" dialog.
 
     With the settings above JupyterLab starts the notebook's own kernel by itself; should it ask
     instead, the kernel would never start before the dialog is answered, so wait for either.
     """
-    idle = page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")
+    page.wait_for_function(f"() => ({KERNEL_READY_JS})() || ({SELECT_KERNEL_JS})()",
+                           timeout=SERVER_START_S * 1000)
     dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
-    idle.or_(dialog).first.wait_for(state="visible", timeout=SERVER_START_S * 1000)
     if dialog.is_visible():
         dialog.locator(".jp-mod-accept").click()  # it proposes the notebook's own kernel
         dialog.wait_for(state="hidden", timeout=10_000)
-    idle.first.wait_for(state="visible", timeout=SERVER_START_S * 1000)
+    page.wait_for_function(KERNEL_READY_JS, timeout=SERVER_START_S * 1000)
 
 
-def _open_and_run_all(page, server: LabServer, notebook: str) -> None:
+def _open(page, server: LabServer, notebook: str) -> None:
     page.goto(f"{server.url}/lab/tree/{notebook}?reset&token={server.token}")
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=SERVER_START_S * 1000)
-    # the kernel must be up before Run All, or the first cells queue behind its start
+    # the kernel must be attached before Run All (see KERNEL_READY_JS)
     _wait_for_kernel(page)
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+
+def _menu(page, menu: str, item: str) -> None:
+    """Click ``menu`` in the menu bar, then its ``item`` once that is enabled (5 s at most)."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(rf"^{menu}$")).first.click()
+    entry = page.locator(".lm-Menu-item:not(.lm-mod-disabled)",
+                         has=page.locator(".lm-Menu-itemLabel",
+                                          has_text=re.compile(rf"^{item}$"))).first
+    try:
+        entry.click(timeout=5000)
+    except Exception:
+        page.keyboard.press("Escape")  # close the menu before the caller retries
+        raise
+
+
+def _run_all_cells(page, attempts: int = 5) -> None:
+    """Run > Run All Cells, and check that the cells were really sent to the kernel.
+
+    Right after the page loads, the notebook may not be JupyterLab's current widget yet: the menu
+    item is then disabled and a click does nothing, so wait until it is enabled and retry while
+    no cell prompt shows "[*]" (queued or running) or an execution count.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    started = page.locator(".jp-NotebookPanel .jp-InputPrompt",
+                           has_text=re.compile(r"\[(\*|\d+)\]")).first
+    for _ in range(attempts):
+        try:
+            _menu(page, "Run", "Run All Cells")
+            started.wait_for(state="visible", timeout=5000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"Run All Cells did not start the notebook ({attempts} attempts)")
+
+
+def _wait_for_slider(page, slider) -> None:
+    """Wait for the slider while the notebook runs; fail at once, saying why, when a cell
+    raises, a widget fails to render, or the run ends (no cell queued, kernel idle) without it."""
+    panel = page.locator(".jp-NotebookPanel")
+    traceback = panel.locator(".jp-OutputArea-output",
+                              has_text="Traceback (most recent call last)").first
+    widget_error = panel.locator(".jp-OutputArea-output", has_text="Error displaying widget").first
+    queued = panel.locator(".jp-InputPrompt", has_text="[*]")
+    deadline = time.monotonic() + NOTEBOOK_RUN_S
+    ended_polls = 0
+    while not slider.is_visible():
+        if traceback.is_visible():
+            raise AssertionError(f"a notebook cell raised:\n{traceback.inner_text()[-3000:]}")
+        if widget_error.is_visible():
+            raise AssertionError(f"a widget did not render: {widget_error.inner_text()}")
+        # several polls in a row: between two cells the kernel is briefly idle too
+        ended = queued.count() == 0 and page.evaluate(KERNEL_READY_JS)
+        ended_polls = ended_polls + 1 if ended else 0
+        if ended_polls >= 10:
+            raise AssertionError("the notebook stopped running and shows no k slider")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no k slider after {NOTEBOOK_RUN_S}s of running the notebook")
+        page.wait_for_timeout(500)
 
 
 def drive_k_slider(server: LabServer, notebook: str, screenshot: Path) -> tuple[str, str]:
@@ -205,10 +280,11 @@ def drive_k_slider(server: LabServer, notebook: str, screenshot: Path) -> tuple[
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             try:
-                _open_and_run_all(page, server, notebook)
+                _open(page, server, notebook)
                 slider = page.locator(".widget-slider").filter(
                     has=page.locator(".widget-label", has_text=re.compile(r"^\s*k\s*$"))).first
-                slider.wait_for(state="visible", timeout=NOTEBOOK_RUN_S * 1000)
+                _run_all_cells(page)
+                _wait_for_slider(page, slider)
                 slider.scroll_into_view_if_needed()
                 handle = slider.locator(".noUi-handle").first
                 # the panel fills its metrics in once the slider's first value is rendered
