@@ -11,34 +11,13 @@ repeats in ms per batch and images per second.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from _timing import median_ms
 
 from moit_explore.augment import ComplexAugment, Normalize, SimpleAugment
 
 SHAPES = ((1, 28, 28), (3, 32, 32))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int,
-          warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def bench(device: torch.device, batch_sizes: list[int], repeats: int) -> list[dict]:
@@ -53,7 +32,7 @@ def bench(device: torch.device, batch_sizes: list[int], repeats: int) -> list[di
             x = torch.randint(0, 256, (B, *shape), dtype=torch.uint8,
                               generator=torch.Generator().manual_seed(B)).to(device)
             for name, aug in augs.items():
-                ms = _time(lambda aug=aug, x=x: aug(x, generator=g), device, repeats)
+                ms = median_ms(lambda aug=aug, x=x: aug(x, generator=g), device, repeats)
                 rows.append({"device": str(device), "augment": name,
                              "shape": "x".join(map(str, shape)), "batch": B, "ms": ms,
                              "images_per_s": B / ms * 1e3})

@@ -10,34 +10,13 @@ Prints the median over repeats, in ms, on CPU and on CUDA when available.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import median_ms
 
 from moit_explore.losses import icl_loss, supcon_loss
 from moit_explore.memory import CrossBatchMemory, memory_size
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int,
-          warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn().backward()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn().backward()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def bench(device: torch.device, B: int = 128, D: int = 128, C: int = 100,
@@ -67,10 +46,10 @@ def bench(device: torch.device, B: int = 128, D: int = 128, C: int = 100,
     }
     out = {}
     for name, fn in cases.items():
-        def run(fn=fn):
+        def step(fn=fn) -> None:
             grad_reset()
-            return fn()
-        out[name] = _time(run, device, repeats)
+            fn().backward()
+        out[name] = median_ms(step, device, repeats)
     return out
 
 
