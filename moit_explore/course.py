@@ -158,18 +158,27 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
         return runs.load_run(target)
     target = runs_dir() / run_name(method, noise, rate, preset_name, **overrides)
     if not _complete(target):
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         # the repository's data/ folder, whatever the notebook's working directory
-        settings = dict(data_root=str(data_root()), **overrides)
-        train.train(method=method, preset=preset_name, noise=noise, rate=rate, out_dir=tmp,
+        settings = {"data_root": str(data_root()), **overrides}
+        _train_into(target, method=method, preset=preset_name, noise=noise, rate=rate,
                     progress=progress, **settings)
-        if _complete(target):  # another process finished it meanwhile: keep that one
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
     return runs.load_run(target)
+
+
+def _train_into(target: Path, **train_kwargs) -> None:
+    """Train into a temporary folder renamed to ``target`` at the end, so an interrupted run is
+    never mistaken for a cached one (``train_kwargs`` go to :func:`moit_explore.train.train`)."""
+    from moit_explore import train
+
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    train.train(out_dir=tmp, **train_kwargs)
+    if _complete(target):  # another process finished it meanwhile: keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
 
 
 _default_preset = preset  # course_run's argument ``preset`` shadows the function inside it
@@ -201,7 +210,7 @@ def folder_features(bundle, preset: str | None = None, *, progress: bool = True,
     """
     import numpy as np
 
-    from moit_explore import noise, runs, train
+    from moit_explore import noise, runs
 
     preset_name = preset or _default_preset()
     labels = np.asarray(bundle.train_labels, dtype=np.int64)
@@ -210,16 +219,10 @@ def folder_features(bundle, preset: str | None = None, *, progress: bool = True,
     digest.update(json.dumps([preset_name, overrides], sort_keys=True, default=str).encode())
     target = runs_dir() / "folders" / f"{preset_name}-{digest.hexdigest()[:12]}"
     if not _complete(target):
-        clean = noise.inject_noise(labels, "none", 0.0, bundle.num_classes)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         # no noise to inject: the folder labels are what the detector questions
-        settings = dict(method="moit", noise="none", rate=0.0, n_train=None, n_test=None,
-                        k=min(k_for(preset_name), len(labels) - 1))
-        settings.update(overrides)
-        train.train(preset=preset_name, out_dir=tmp, progress=progress, data=(bundle, clean),
+        clean = noise.inject_noise(labels, "none", 0.0, bundle.num_classes)
+        settings = {"method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
+                    "n_test": None, "k": min(k_for(preset_name), len(labels) - 1), **overrides}
+        _train_into(target, preset=preset_name, progress=progress, data=(bundle, clean),
                     **settings)
-        shutil.rmtree(target, ignore_errors=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
     return runs.load_run(target).final()["features"].astype(np.float32)
