@@ -28,3 +28,17 @@ def median_ms(fn: Callable[[], object], device: torch.device, repeats: int,
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def devices(choice: str) -> list[torch.device]:
+    """The devices a ``--device cpu|cuda|all`` flag names; "all" skips a missing GPU (saying
+    so), an explicit "cuda" without one stops with the fix."""
+    out = [torch.device("cpu")] if choice in ("cpu", "all") else []
+    if choice in ("cuda", "all"):
+        if torch.cuda.is_available():
+            out.append(torch.device("cuda"))
+        elif choice == "cuda":
+            raise SystemExit("no CUDA device available; run with --device cpu")
+        else:
+            print("cuda: not available, skipped")
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _timing import devices as pick_devices
 from _timing import median_ms
 
 from moit_explore.augment import ComplexAugment, Normalize, SimpleAugment
@@ -48,14 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = []
-    if args.device in ("cpu", "all"):
-        devices.append(torch.device("cpu"))
-    if args.device in ("cuda", "all"):
-        if torch.cuda.is_available():
-            devices.append(torch.device("cuda"))
-        elif args.device == "cuda":
-            raise SystemExit("no CUDA device available; run with --device cpu")
+    devices = pick_devices(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     print(f"{'device':<7} {'augment':<8} {'shape':<8} {'batch':>5} {'ms/batch':>9} "

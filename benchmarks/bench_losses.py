@@ -13,6 +13,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from _timing import devices as pick_devices
 from _timing import median_ms
 
 from moit_explore.losses import icl_loss, supcon_loss
@@ -63,14 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    devices = []
-    if args.device in ("cpu", "all"):
-        devices.append(torch.device("cpu"))
-    if args.device in ("cuda", "all"):
-        if torch.cuda.is_available():
-            devices.append(torch.device("cuda"))
-        else:
-            print("cuda: not available, skipped")
+    devices = pick_devices(args.device)
     print(f"B=128 (256 rows), D=128, C=100, memory 20000; forward+backward, median of "
           f"{args.repeats}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for dev in devices:
