@@ -128,6 +128,9 @@ class TrainConfig:
     embed_dim: int = _f(128, "dimension of the L2-normalised projection z")
     epochs: int = _f(250, "training epochs")
     batch_size: int = _f(128, "batch size B")
+    drop_last: bool = _f(False, "drop each epoch's last incomplete batch (a deviation: static "
+                         "shapes for torch.compile); default False keeps it, as the release "
+                         "does, except a tail of one sample")
     lr: float = _f(0.1, "SGD learning rate")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "SGD weight decay")
@@ -291,6 +294,8 @@ class FinetuneConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "SGD weight decay")
     batch_size: int = _f(128, "batch size")
+    drop_last: bool = _f(False, "drop each epoch's last incomplete batch (a deviation; the "
+                         "release keeps it)")
     lr_milestones: tuple[int, ...] = _f((), "epochs from which the LR is multiplied by "
                                         "lr_gamma (paper, 80% noise: 120)")
     lr_gamma: float = _f(0.1, "LR decay factor")

@@ -206,16 +206,18 @@ class GpuPipeline:
     """The whole training set as one uint8 NCHW tensor on the device, augmented per batch."""
 
     def __init__(self, images: Tensor, labels: Tensor, augment: Any, normalize: Any,
-                 batch_size: int, channels_last: bool, indices: Tensor | None = None) -> None:
+                 batch_size: int, channels_last: bool, indices: Tensor | None = None,
+                 drop_last: bool = False) -> None:
         # indices: the dataset index of each row of ``images`` when it holds a subset
         # (MOIT+), so that Batch.idx always names dataset indices
         self.images, self.labels, self.indices = images, labels, indices
         self.augment, self.normalize = augment, normalize
         self.batch_size = batch_size
         self.channels_last = channels_last
+        self.drop_last = drop_last
 
     def __len__(self) -> int:
-        return _num_batches(self.images.shape[0], self.batch_size)
+        return _num_batches(self.images.shape[0], self.batch_size, self.drop_last)
 
     def _fmt(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -223,8 +225,8 @@ class GpuPipeline:
     def batches(self, order: Tensor, n_views: int, with_x0: bool,
                 gen: torch.Generator) -> Iterator[Batch]:
         order = order.to(self.images.device)
-        for b in range(len(self)):
-            pos = order[b * self.batch_size:(b + 1) * self.batch_size]
+        for start, stop in _batch_bounds(self.images.shape[0], self.batch_size, self.drop_last):
+            pos = order[start:stop]
             x = self.images[pos]
             views = [self._fmt(self.augment(x, generator=gen)) for _ in range(n_views)]
             x0 = self._fmt(self.normalize(x)) if with_x0 else None
@@ -232,10 +234,25 @@ class GpuPipeline:
             yield Batch(idx, self.labels[pos], views, x0)
 
 
-def _num_batches(n: int, batch_size: int) -> int:
-    # drop the last incomplete batch (static shapes; a tiny tail batch would give noisy
-    # batch-norm statistics and too few contrastive pairs), except when it is the only one
-    return max(1, n // batch_size)
+def _batch_bounds(n: int, batch_size: int, drop_last: bool = False) -> list[tuple[int, int]]:
+    """[start, stop) of each batch of an epoch over ``n`` shuffled samples.
+
+    drop_last False (release: a DataLoader keeps the last incomplete batch): the tail batch is
+    kept, unless it holds a single sample, which batch norm cannot train on and which has no
+    partner to mix or contrast with. drop_last True (a named deviation): every batch has
+    ``batch_size`` samples (static shapes, no recompilation under ``torch.compile``); the
+    tail is dropped, except when it is the only batch.
+    """
+    full = n // batch_size
+    bounds = [(b * batch_size, (b + 1) * batch_size) for b in range(full)]
+    tail = n - full * batch_size
+    if (tail >= 2 and not drop_last) or (full == 0 and tail >= 1):
+        bounds.append((full * batch_size, n))
+    return bounds
+
+
+def _num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    return len(_batch_bounds(n, batch_size, drop_last))
 
 
 def _torchvision_transform(name: str, size: int, mean, std, padding: int = 4):
@@ -290,7 +307,7 @@ class ReferencePipeline:
 
     def __init__(self, images: np.ndarray, labels: Tensor, augment_name: str, mean, std,
                  batch_size: int, workers: int, device: torch.device,
-                 channels_last: bool, crop_padding: int = 4) -> None:
+                 channels_last: bool, crop_padding: int = 4, drop_last: bool = False) -> None:
         h = images.shape[1]
         self.images = images
         self.labels = labels
@@ -298,14 +315,16 @@ class ReferencePipeline:
         self.normalize = _torchvision_transform("none", h, mean, std)
         self.batch_size, self.workers, self.device = batch_size, workers, device
         self.channels_last = channels_last
+        self.drop_last = drop_last
 
     def __len__(self) -> int:
-        return _num_batches(len(self.images), self.batch_size)
+        return _num_batches(len(self.images), self.batch_size, self.drop_last)
 
     def batches(self, order: Tensor, n_views: int, with_x0: bool,
                 gen: torch.Generator) -> Iterator[Batch]:
         ds = _PilDataset(self.images, self.augment, self.normalize, n_views, with_x0)
-        order = order.cpu().tolist()[: len(self) * self.batch_size]
+        bounds = _batch_bounds(len(self.images), self.batch_size, self.drop_last)
+        order = order.cpu().tolist()[: bounds[-1][1]]
         loader = torch.utils.data.DataLoader(
             ds, batch_size=self.batch_size, sampler=order, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", drop_last=False,
@@ -593,11 +612,12 @@ def _setup(cfg: TrainConfig, run_dir: Path, data: tuple | None = None) -> _Sessi
     if cfg.pipeline == "gpu":
         pipeline: Any = GpuPipeline(images, labels_given,
                                     _build_augment(aug_name, bundle, cfg.crop_padding),
-                                    normalize, cfg.batch_size, cfg.channels_last)
+                                    normalize, cfg.batch_size, cfg.channels_last,
+                                    drop_last=cfg.drop_last)
     else:
         pipeline = ReferencePipeline(bundle.train_images, labels_given, aug_name, bundle.mean,
                                      bundle.std, cfg.batch_size, cfg.workers, device,
-                                     cfg.channels_last, cfg.crop_padding)
+                                     cfg.channels_last, cfg.crop_padding, cfg.drop_last)
     return _Session(cfg=cfg, run_dir=run_dir, device=device, amp=amp, bundle=bundle,
                     noisy=noisy, model=model, train_model=train_model, optimizer=optimizer,
                     scheduler=scheduler, memory=mem, pipeline=pipeline, images=images,
@@ -929,7 +949,7 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     pipeline = GpuPipeline(images[keep], labels_given[keep],
                            _build_augment("simple", bundle, cfg.crop_padding),
                            normalize, min(fcfg.batch_size, len(keep)), fcfg.channels_last,
-                           indices=keep)
+                           indices=keep, drop_last=fcfg.drop_last)
     train_mask = np.zeros(len(labels_given), dtype=bool)
     train_mask[setup.train_indices] = True
 

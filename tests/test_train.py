@@ -381,3 +381,42 @@ def test_lr_milestones_name_the_first_epoch_at_the_lower_lr():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_batch_bounds_keep_the_tail_as_the_release_unless_drop_last():
+    # 400 samples, B = 64: six full batches and a tail of 16 (kept, as a DataLoader does)
+    assert train._batch_bounds(400, 64)[-1] == (384, 400)
+    assert train._num_batches(400, 64) == 7
+    # drop_last: the named deviation, static shapes
+    assert train._batch_bounds(400, 64, drop_last=True)[-1] == (320, 384)
+    # a tail of one sample cannot train batch norm or pair for mixup: always dropped
+    assert train._num_batches(129, 128) == 1
+    # a set smaller than one batch is one batch either way
+    assert train._batch_bounds(50, 64, drop_last=True) == [(0, 50)]
+
+
+@pytest.mark.parametrize("pipeline", ["gpu", "reference"])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_an_epoch_visits_every_sample_once_unless_drop_last(pipeline, drop_last):
+    from moit_explore import augment
+
+    bundle = datasets.subset(datasets.load_dataset("digits"), 400, 10, seed=0)
+    labels = torch.from_numpy(bundle.train_labels)
+    if pipeline == "gpu":
+        images = train._to_nchw(bundle.train_images, torch.device("cpu"))
+        normalize = augment.build_augment("none", bundle.mean, bundle.std)
+        pipe = train.GpuPipeline(images, labels, train._build_augment("simple", bundle, 1),
+                                 normalize, 64, False, drop_last=drop_last)
+    else:
+        pipe = train.ReferencePipeline(bundle.train_images, labels, "simple", bundle.mean,
+                                       bundle.std, 64, 0, torch.device("cpu"), False, 1,
+                                       drop_last=drop_last)
+    order = torch.randperm(400, generator=torch.Generator().manual_seed(0))
+    batches = list(pipe.batches(order, 2, True, torch.Generator().manual_seed(1)))
+    assert len(batches) == len(pipe) == (6 if drop_last else 7)
+    seen = torch.cat([b.idx for b in batches])
+    assert seen.tolist() == order[: len(seen)].tolist()
+    assert len(seen) == (384 if drop_last else 400)
+    last = batches[-1]
+    assert last.views[0].shape[0] == last.x0.shape[0] == last.y.shape[0] == len(last.idx)
+    assert torch.equal(last.y, labels[last.idx])
