@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 
 import numpy as np
@@ -420,3 +421,17 @@ def test_an_epoch_visits_every_sample_once_unless_drop_last(pipeline, drop_last)
     last = batches[-1]
     assert last.views[0].shape[0] == last.x0.shape[0] == last.y.shape[0] == len(last.idx)
     assert torch.equal(last.y, labels[last.idx])
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")),
+                    reason="torch.compile on the CPU needs a C compiler")
+def test_torch_compile_trains_like_eager(tmp_path):
+    # the GPU fast path's optional torch.compile, on the CPU (inductor + the C compiler): the
+    # same losses as eager mode, and a checkpoint that loads into an uncompiled model
+    eager = runs.load_run(train.train(smoke(tmp_path, epochs=1, name="eager"))).metrics
+    run_dir = train.train(smoke(tmp_path, epochs=1, name="compiled", compile=True))
+    compiled = runs.load_run(run_dir).metrics
+    for key in ("loss", "loss_icl_batch", "loss_cls_labeled"):
+        assert compiled[key].iloc[0] == pytest.approx(eager[key].iloc[0], rel=1e-3)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in state["model"])
