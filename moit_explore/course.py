@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "SMOKE",
@@ -136,10 +137,38 @@ def _complete(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "embeddings" / "final.npz").is_file()
 
 
+# fields that say where a run lives or how it reports, not what it learns
+_PLACE_FIELDS = frozenset({"progress", "runs_root", "name", "overwrite", "data_root"})
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _settings_match(path: Path, expected: dict, key: str | None = None) -> bool:
+    """Whether the cached run at ``path`` was trained with the settings ``expected`` (a config
+    dict; ``key``: the sub-dict of config.json that holds them). A run from another preset
+    or from an older version of the package (a field missing or changed) does not match, so it
+    is trained again instead of silently standing in for the settings asked for."""
+    try:
+        saved = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    saved = saved.get(key, {}) if key else saved
+    return all(k in saved and _json(saved[k]) == _json(v)
+               for k, v in expected.items() if k not in _PLACE_FIELDS)
+
+
+def _cached(path: Path, expected: dict, key: str | None = None) -> bool:
+    return _complete(path) and _settings_match(path, expected, key)
+
+
 def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
                preset: str | None = None, *, progress: bool = True, **overrides):
     """A finished training run for the course: the cached one under ``runs/course/<name>`` when
-    complete, else trained now with :func:`moit_explore.train.train` (tqdm progress).
+    complete and trained with the settings asked for now, else trained now with
+    :func:`moit_explore.train.train` (tqdm progress). A cached run whose config.json differs
+    (other settings, or written by a version of the package with other fields) is replaced.
 
     method: "ce" | "mixup" | "supcon" | "icl" | "moit" | "moit+" ("moit+" fine-tunes the
     cached "moit" run, into its ``finetune/`` folder). preset: default :func:`preset`
@@ -147,34 +176,37 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
     Training writes to a temporary folder renamed into place at the end, so an interrupted
     run is never mistaken for a cached one. Returns a :class:`moit_explore.runs.Run`.
     """
-    from moit_explore import runs, train
+    from moit_explore import config, runs, train
 
     preset_name = preset or _default_preset()
     if method == "moit+":
         base = course_run("moit", noise, rate, preset_name, progress=progress, **overrides)
         target = Path(base.path) / "finetune"
-        if not _complete(target):
-            train.finetune(base.path, progress=progress)
+        fcfg = config.finetune_preset(config.finetune_preset_for(preset_name, rate, noise))
+        if not _cached(target, fcfg.to_dict(), key="finetune"):
+            train.finetune(base.path, fcfg.replace(overwrite=True), progress=progress)
         return runs.load_run(target)
     target = runs_dir() / run_name(method, noise, rate, preset_name, **overrides)
-    if not _complete(target):
-        # the repository's data/ folder, whatever the notebook's working directory
-        settings = {"data_root": str(data_root()), **overrides}
-        _train_into(target, method=method, preset=preset_name, noise=noise, rate=rate,
-                    progress=progress, **settings)
+    # the repository's data/ folder, whatever the notebook's working directory
+    settings = {"data_root": str(data_root()), "method": method, "noise": noise, "rate": rate,
+                **overrides}
+    expected = config.preset(preset_name, **settings).to_dict()
+    if not _cached(target, expected):
+        _train_into(target, expected, preset=preset_name, progress=progress, **settings)
     return runs.load_run(target)
 
 
-def _train_into(target: Path, **train_kwargs) -> None:
+def _train_into(target: Path, expected: dict, **train_kwargs) -> None:
     """Train into a temporary folder renamed to ``target`` at the end, so an interrupted run is
-    never mistaken for a cached one (``train_kwargs`` go to :func:`moit_explore.train.train`)."""
+    never mistaken for a cached one (``train_kwargs`` go to :func:`moit_explore.train.train`;
+    ``expected``: the settings a cached run must match)."""
     from moit_explore import train
 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     train.train(out_dir=tmp, **train_kwargs)
-    if _complete(target):  # another process finished it meanwhile: keep that one
+    if _cached(target, expected):  # another process finished it meanwhile: keep that one
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         shutil.rmtree(target, ignore_errors=True)
@@ -210,7 +242,7 @@ def folder_features(bundle, preset: str | None = None, *, progress: bool = True,
     """
     import numpy as np
 
-    from moit_explore import noise, runs
+    from moit_explore import config, noise, runs
 
     preset_name = preset or _default_preset()
     labels = np.asarray(bundle.train_labels, dtype=np.int64)
@@ -218,11 +250,12 @@ def folder_features(bundle, preset: str | None = None, *, progress: bool = True,
     digest.update(labels.tobytes())
     digest.update(json.dumps([preset_name, overrides], sort_keys=True, default=str).encode())
     target = runs_dir() / "folders" / f"{preset_name}-{digest.hexdigest()[:12]}"
-    if not _complete(target):
+    settings = {"method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
+                "n_test": None, "k": min(k_for(preset_name), len(labels) - 1), **overrides}
+    expected = config.preset(preset_name, **settings).to_dict()
+    if not _cached(target, expected):
         # no noise to inject: the folder labels are what the detector questions
         clean = noise.inject_noise(labels, "none", 0.0, bundle.num_classes)
-        settings = {"method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
-                    "n_test": None, "k": min(k_for(preset_name), len(labels) - 1), **overrides}
-        _train_into(target, preset=preset_name, progress=progress, data=(bundle, clean),
+        _train_into(target, expected, preset=preset_name, progress=progress, data=(bundle, clean),
                     **settings)
     return runs.load_run(target).final()["features"].astype(np.float32)
