@@ -39,6 +39,7 @@ __all__ = [
 METHODS = ("ce", "mixup", "supcon", "icl", "moit")
 NOISE_CHOICES = ("none", "symmetric", "asymmetric")
 ARCH_CHOICES = ("preact_resnet18", "small_cnn")
+SHORTCUT_CHOICES = ("preactivated", "raw")
 PROJECTION_CHOICES = ("linear", "nonlinear")
 BALANCE_CHOICES = ("median", "min", "max", "none")
 DETECT_CHOICES = ("auto", "epoch", "final", "off")
@@ -95,6 +96,10 @@ def _check_epochs_tuple(name: str, value: Any) -> None:
                          f"such as 125,200), got {value!r}")
 
 
+# Fields added after runs were first written, with the behaviour runs had before them.
+_LEGACY: dict[str, Any] = {"drop_last": True, "shortcut": "raw"}
+
+
 @dataclass
 class TrainConfig:
     """One training run (MOIT or a baseline). Field defaults are the paper's CIFAR protocol."""
@@ -123,6 +128,9 @@ class TrainConfig:
                            "4 pixels on 32x32 images; scale it down for tiny images)")
     arch: str = _f("preact_resnet18", "encoder", ARCH_CHOICES)
     width: int = _f(64, "encoder width (channels of the first stage)")
+    shortcut: str = _f("preactivated", "preact_resnet18's identity shortcuts carry the block's "
+                       "pre-activated input BN-ReLU(x) (preactivated: the release) or its raw "
+                       "input x (raw: He et al.'s PreAct ResNet, a deviation)", SHORTCUT_CHOICES)
     projection: str = _f("linear", "projection head (release default: linear)",
                          PROJECTION_CHOICES)
     embed_dim: int = _f(128, "dimension of the L2-normalised projection z")
@@ -180,12 +188,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        """Build from a dict (e.g. config.json); unknown keys are ignored, lists become tuples."""
+        """Build from a dict (e.g. a run's config.json); unknown keys are ignored, lists become
+        tuples. A field that a config.json from an earlier version lacks takes the behaviour
+        that version had (``_LEGACY``), so its runs resume and reload as they were trained."""
         kw = {}
         for f in dataclasses.fields(cls):
             if f.name in d:
                 v = d[f.name]
                 kw[f.name] = tuple(v) if isinstance(v, list) else v
+            elif f.name in _LEGACY:
+                kw[f.name] = _LEGACY[f.name]
         return cls(**kw)
 
     def detect_mode(self) -> str:
@@ -236,6 +248,7 @@ class TrainConfig:
             _check_int(name, getattr(self, name))
         _check_choice("arch", self.arch, ARCH_CHOICES)
         _check_choice("projection", self.projection, PROJECTION_CHOICES)
+        _check_choice("shortcut", self.shortcut, SHORTCUT_CHOICES)
         for name in ("width", "embed_dim", "epochs", "batch_size", "xbm_per_class", "k",
                      "eval_batch_size"):
             _check_int(name, getattr(self, name), 1)

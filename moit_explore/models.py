@@ -21,6 +21,7 @@ from torch import Tensor
 __all__ = [
     "ARCHS",
     "PROJECTIONS",
+    "SHORTCUTS",
     "PreActBlock",
     "PreActResNet18",
     "SmallConvNet",
@@ -31,6 +32,7 @@ __all__ = [
 
 ARCHS = ("preact_resnet18", "small_cnn")
 PROJECTIONS = ("linear", "nonlinear")
+SHORTCUTS = ("preactivated", "raw")
 
 
 def make_projector(feature_dim: int, embed_dim: int = 128, projection: str = "linear") -> nn.Module:
@@ -95,12 +97,18 @@ class _Heads(nn.Module):
 class PreActBlock(nn.Module):
     """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3, plus the shortcut.
 
-    When the shape changes the shortcut is a 1x1 conv applied to the pre-activated input
-    (as in He et al.'s PreAct ResNet), otherwise the identity on the raw input.
+    When the shape changes the shortcut is a 1x1 conv of the pre-activated input BN-ReLU(x).
+    Otherwise it is the identity, of ``shortcut``:
+
+    - "preactivated" (release, default): the identity of BN-ReLU(x), like the conv shortcut;
+    - "raw" (a named deviation: He et al.'s PreAct ResNet): the identity of x itself.
     """
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 shortcut: str = "preactivated") -> None:
         super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"unknown shortcut {shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -108,10 +116,14 @@ class PreActBlock(nn.Module):
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+        self.shortcut_from = shortcut
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        if self.shortcut is not None:
+            shortcut = self.shortcut(out)
+        else:
+            shortcut = out if self.shortcut_from == "preactivated" else x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
@@ -122,11 +134,13 @@ class PreActResNet18(_Heads):
 
     As the release: stem conv -> BN+ReLU -> stages of two blocks with ``width * (1, 2, 4, 8)``
     channels and strides 1/2/2/2 -> global average pool of the last block's output (no final
-    BN+ReLU): h has ``feature_dim = 8 * width`` (512 for the default width 64).
+    BN+ReLU): h has ``feature_dim = 8 * width`` (512 for the default width 64). ``shortcut``:
+    what the identity shortcuts carry (see :class:`PreActBlock`; release: "preactivated").
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 64,
-                 projection: str = "linear", embed_dim: int = 128) -> None:
+                 projection: str = "linear", embed_dim: int = 128,
+                 shortcut: str = "preactivated") -> None:
         super().__init__()
         _check_sizes(num_classes, in_channels, width, embed_dim)
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
@@ -136,7 +150,8 @@ class PreActResNet18(_Heads):
         layers: list[nn.Module] = []
         in_planes = width
         for p, s in zip(planes, strides, strict=True):
-            layers.append(nn.Sequential(PreActBlock(in_planes, p, s), PreActBlock(p, p, 1)))
+            layers.append(nn.Sequential(PreActBlock(in_planes, p, s, shortcut),
+                                        PreActBlock(p, p, 1, shortcut)))
             in_planes = p
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.feature_dim = in_planes
@@ -190,8 +205,12 @@ class SmallConvNet(_Heads):
 
 
 def build_model(arch: str, num_classes: int, in_channels: int, *, width: int = 64,
-                projection: str = "linear", embed_dim: int = 128) -> nn.Module:
-    """Model by name: ``arch`` is "preact_resnet18" or "small_cnn" (same interface)."""
+                projection: str = "linear", embed_dim: int = 128,
+                shortcut: str = "preactivated") -> nn.Module:
+    """Model by name: ``arch`` is "preact_resnet18" or "small_cnn" (same interface).
+
+    shortcut: PreAct ResNet's identity shortcuts (:class:`PreActBlock`); small_cnn has none.
+    """
     if arch == "preact_resnet18":
         cls: type[_Heads] = PreActResNet18
     elif arch == "small_cnn":
@@ -202,6 +221,11 @@ def build_model(arch: str, num_classes: int, in_channels: int, *, width: int = 6
         raise ValueError(
             f"unknown projection {projection!r}; choose one of {', '.join(PROJECTIONS)}"
         )
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut {shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
+    if cls is PreActResNet18:
+        return PreActResNet18(num_classes, in_channels=in_channels, width=width,
+                              projection=projection, embed_dim=embed_dim, shortcut=shortcut)
     return cls(num_classes, in_channels=in_channels, width=width, projection=projection,
                embed_dim=embed_dim)
 

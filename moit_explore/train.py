@@ -594,7 +594,8 @@ def _setup(cfg: TrainConfig, run_dir: Path, data: tuple | None = None) -> _Sessi
 
     _seed_everything(cfg.seed)
     model = models.build_model(cfg.arch, c, bundle.image_shape[2], width=cfg.width,
-                               projection=cfg.projection, embed_dim=cfg.embed_dim).to(device)
+                               projection=cfg.projection, embed_dim=cfg.embed_dim,
+                               shortcut=cfg.shortcut).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_model = torch.compile(model) if cfg.compile else model
@@ -871,7 +872,7 @@ def prepare_finetune(run_dir: str | Path, fcfg: FinetuneConfig) -> FinetuneSetup
     c = int(run.config["num_classes"])
     in_ch = int(run.config["image_shape"][2])
     model = models.build_model(cfg.arch, c, in_ch, width=cfg.width, projection=cfg.projection,
-                               embed_dim=cfg.embed_dim)
+                               embed_dim=cfg.embed_dim, shortcut=cfg.shortcut)
     model.load_state_dict(state["model"])
     torch.manual_seed(fcfg.seed)
     models.reset_classifier(model)

@@ -152,7 +152,12 @@ def test_preact_block_shortcuts():
     same = PreActBlock(8, 8, 1).eval()
     assert same.shortcut is None
     nn.init.zeros_(same.conv2.weight)
-    torch.testing.assert_close(same(x), x)  # identity shortcut on the raw input
+    # release (default): the identity carries the pre-activated input, as the conv shortcut
+    torch.testing.assert_close(same(x), F.relu(same.bn1(x)))
+    assert (same(x) >= 0).all() and not torch.allclose(same(x), x)
+    raw = PreActBlock(8, 8, 1, shortcut="raw").eval()
+    nn.init.zeros_(raw.conv2.weight)
+    torch.testing.assert_close(raw(x), x)  # He et al.: the identity of the raw input
     down = PreActBlock(8, 16, 2).eval()
     nn.init.zeros_(down.conv2.weight)
     # Projection shortcut on the pre-activated input.
@@ -254,3 +259,13 @@ def test_learns_real_digits(arch, digits_tensors):
         acc = (m(x[te])[0].argmax(1) == y[te]).float().mean().item()
     assert acc > 0.8, acc
     assert np.isfinite(loss.item())
+
+
+def test_shortcut_option_reaches_every_block_and_is_checked():
+    for shortcut in ("preactivated", "raw"):
+        m = build_model("preact_resnet18", 10, 3, width=8, shortcut=shortcut)
+        blocks = [b for b in m.modules() if isinstance(b, PreActBlock)]
+        assert len(blocks) == 8 and {b.shortcut_from for b in blocks} == {shortcut}
+    assert build_model("preact_resnet18", 10, 3, width=8).layer1[0].shortcut_from == "preactivated"
+    with pytest.raises(ValueError, match="shortcut"):
+        build_model("preact_resnet18", 10, 3, width=8, shortcut="identity")

@@ -435,3 +435,14 @@ def test_torch_compile_trains_like_eager(tmp_path):
         assert compiled[key].iloc[0] == pytest.approx(eager[key].iloc[0], rel=1e-3)
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod") for k in state["model"])
+
+
+def test_config_from_an_older_run_keeps_the_behaviour_it_was_trained_with():
+    fields = config.preset("smoke").to_dict()
+    assert fields["drop_last"] is False and fields["shortcut"] == "preactivated"  # release
+    assert config.TrainConfig.from_dict(fields).shortcut == "preactivated"
+    old = {k: v for k, v in fields.items() if k not in ("drop_last", "shortcut")}
+    cfg = config.TrainConfig.from_dict(old)  # a config.json written before these fields
+    assert cfg.drop_last is True and cfg.shortcut == "raw"
+    with pytest.raises(ValueError, match="shortcut"):
+        config.preset("smoke", shortcut="identity").validate()
