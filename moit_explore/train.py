@@ -240,7 +240,7 @@ def _batch_bounds(n: int, batch_size: int, drop_last: bool = False) -> list[tupl
     drop_last False (release: a DataLoader keeps the last incomplete batch): the tail batch is
     kept, unless it holds a single sample, which batch norm cannot train on and which has no
     partner to mix or contrast with. drop_last True (a named deviation): every batch has
-    ``batch_size`` samples (static shapes, no recompilation under ``torch.compile``); the
+    ``batch_size`` samples (one shape, so ``torch.compile`` builds one graph, not two); the
     tail is dropped, except when it is the only batch.
     """
     full = n // batch_size
@@ -598,7 +598,9 @@ def _setup(cfg: TrainConfig, run_dir: Path, data: tuple | None = None) -> _Sessi
                                shortcut=cfg.shortcut).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_model = torch.compile(model) if cfg.compile else model
+    # static shapes: the epoch's smaller last batch gets a graph of its own, instead of turning
+    # every batch into a slower dynamic-shape graph
+    train_model = torch.compile(model, dynamic=False) if cfg.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     scheduler = lr_schedule(optimizer, cfg.lr_milestones, cfg.lr_gamma)
