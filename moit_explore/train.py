@@ -916,8 +916,8 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
 
     Writes ``run_dir/<fcfg.name>`` (default ``finetune/``), a run directory of the same form.
     fcfg None: the fine-tuning preset matching the run's preset, plus ``overrides``.
-    Single "simple" view; mixup CE until ``bootstrap_start``, then mixup + hard bootstrapping
-    with z_hat = argmax of the model on the non-augmented image.
+    Single view (``fcfg.augment``, spec: "simple"); mixup CE until ``bootstrap_start``, then
+    mixup + hard bootstrapping with z_hat = argmax of the model on the non-augmented image.
     """
     from tqdm.auto import tqdm
 
@@ -950,7 +950,7 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     keep = torch.from_numpy(setup.train_indices).to(device)
     # the clean subset, with its GIVEN labels
     pipeline = GpuPipeline(images[keep], labels_given[keep],
-                           _build_augment("simple", bundle, cfg.crop_padding),
+                           _build_augment(fcfg.augment, bundle, cfg.crop_padding),
                            normalize, min(fcfg.batch_size, len(keep)), fcfg.channels_last,
                            indices=keep, drop_last=fcfg.drop_last)
     train_mask = np.zeros(len(labels_given), dtype=bool)
@@ -960,7 +960,7 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     cfgd.update(fcfg.to_dict())
     cfgd.update(method="moit+", base_method=setup.base_config.get("method"),
                 base_run=str(run_dir), finetune=fcfg.to_dict(), n_clean=int(len(keep)),
-                device_resolved=str(device), amp_resolved=amp, augment_resolved="simple")
+                device_resolved=str(device), amp_resolved=amp, augment_resolved=fcfg.augment)
     runs.write_json_atomic(out / runs.CONFIG_FILE, cfgd)
     from moit_explore import noise as noise_mod
 
