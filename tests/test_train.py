@@ -468,3 +468,13 @@ def test_moit_plus_augmentation_is_simple_unless_set_to_none(method_runs, monkey
         assert built[-1] == aug and runs.load_run(out).config["augment_resolved"] == aug
     with pytest.raises(ValueError, match="augment"):
         config.finetune_preset("smoke", augment="complex").validate()
+
+
+def test_bf16_autocast_run_on_the_cpu(tmp_path):
+    # the GPU fast path's mixed precision, exercised end to end where no GPU is
+    run_dir = train.train(smoke(tmp_path, epochs=2, amp="bf16"))
+    run = runs.load_run(run_dir)
+    assert run.config["amp_resolved"] == "bf16"
+    assert np.isfinite(run.metrics["loss"]).all()
+    assert np.isfinite(run.final()["features"].astype(np.float32)).all()
+    assert run.metrics["det_f1"].notna().all()
