@@ -211,11 +211,7 @@ def build_model(arch: str, num_classes: int, in_channels: int, *, width: int = 6
 
     shortcut: PreAct ResNet's identity shortcuts (:class:`PreActBlock`); small_cnn has none.
     """
-    if arch == "preact_resnet18":
-        cls: type[_Heads] = PreActResNet18
-    elif arch == "small_cnn":
-        cls = SmallConvNet
-    else:
+    if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if projection not in PROJECTIONS:
         raise ValueError(
@@ -223,11 +219,11 @@ def build_model(arch: str, num_classes: int, in_channels: int, *, width: int = 6
         )
     if shortcut not in SHORTCUTS:
         raise ValueError(f"unknown shortcut {shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
-    if cls is PreActResNet18:
-        return PreActResNet18(num_classes, in_channels=in_channels, width=width,
-                              projection=projection, embed_dim=embed_dim, shortcut=shortcut)
-    return cls(num_classes, in_channels=in_channels, width=width, projection=projection,
-               embed_dim=embed_dim)
+    common = dict(in_channels=in_channels, width=width, projection=projection,
+                  embed_dim=embed_dim)
+    if arch == "preact_resnet18":
+        return PreActResNet18(num_classes, shortcut=shortcut, **common)
+    return SmallConvNet(num_classes, **common)
 
 
 def reset_classifier(model: nn.Module) -> None:
