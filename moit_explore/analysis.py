@@ -37,6 +37,7 @@ __all__ = [
     "class_distance_ratio",
     "collapse_metrics",
     "collapse_over_epochs",
+    "continued_metrics",
     "default_k",
     "detection_over_epochs",
     "detection_report",
@@ -564,6 +565,30 @@ def detection_over_epochs(run: Any) -> pd.DataFrame:
                          "(detection runs for method 'moit'); train with it to see these curves")
     out = m[["epoch", *cols]].dropna(subset=cols, how="all")
     return out.rename(columns={c: c[4:] for c in cols}).reset_index(drop=True)
+
+
+def continued_metrics(runs: Mapping[Any, Any]) -> dict[Any, pd.DataFrame]:
+    """name -> a copy of each run's metrics, on one epoch axis: a MOIT+ run's epochs are shifted
+    to continue after the last epoch of its base MOIT run, when that run is in ``runs`` too.
+
+    runs: name -> runs.Run or run directory (a bare metrics DataFrame is taken as it is).
+    """
+    loaded = {name: (r if isinstance(r, pd.DataFrame) else _load_run(r))
+              for name, r in runs.items()}
+    last_epoch: dict[Path, int] = {}
+    for r in loaded.values():
+        m = getattr(r, "metrics", None)
+        if getattr(r, "path", None) is not None and isinstance(m, pd.DataFrame) and len(m):
+            last_epoch[Path(r.path).resolve()] = int(m["epoch"].max())
+    out = {}
+    for name, r in loaded.items():
+        m = _metrics_frame(r).copy()
+        config = getattr(r, "config", None) or {}
+        base = config.get("base_run") if config.get("method") == "moit+" else None
+        if base is not None:
+            m["epoch"] += last_epoch.get(Path(base).resolve(), 0)
+        out[name] = m
+    return out
 
 
 def summarize_runs(runs: Mapping[Any, Any]) -> pd.DataFrame:

@@ -189,19 +189,18 @@ def _save(fig: Any, path: Path) -> Path:
 
 def _figures_with_viz(viz: Any, entries: list[tuple[str, Any]], flag_run: Any,
                       out: Path) -> list[Path]:
-    frames, offsets = {}, {}
-    for label, run in entries:
-        m = run.metrics.copy()
-        if run.method == "moit+":  # MOIT+ continues where its base run ended
-            m["epoch"] += offsets.get(run.config.get("base_run"), 0)
-        offsets[str(run.path)] = int(run.metrics["epoch"].max()) if len(m) else 0
-        frames[label] = m
+    from moit_explore import analysis
+
+    # MOIT+ continues where its base run ended
+    frames = analysis.continued_metrics(dict(entries))
+    right = (1 - entries[0][1].noise.actual_rate, "share of given labels that are right")
     written = [
         _save(viz.plot_training_curves(frames, "test_acc", title="test accuracy"),
               out / "accuracy.png"),
         _save(viz.plot_training_curves(
             frames, "train_acc_given",
-            title="training accuracy on the given labels (memorising the noise)"),
+            title="training accuracy on the given labels (memorising the noise)",
+            reference=right),
             out / "memorization.png"),
         _save(viz.plot_detection_curves(
             {k: v for k, v in frames.items() if k != "MOIT+"}), out / "detection.png"),

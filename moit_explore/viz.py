@@ -128,8 +128,9 @@ def plot_embedding(
         noisy = noisy[idx] if idx is not None and noisy.shape[0] != coords.shape[0] else noisy
         if noisy.shape[0] != coords.shape[0]:
             raise ValueError(f"is_noisy has {noisy.shape[0]} entries for {coords.shape[0]} points")
-        ax.scatter(coords[noisy, 0], coords[noisy, 1], marker="x", c="black",
-                   s=point_size * 1.5, linewidths=0.6, label="noisy label")
+        # thin, translucent crosses: at 40-80 % noise opaque ones hide the class colours
+        ax.scatter(coords[noisy, 0], coords[noisy, 1], marker="x", c="black", alpha=0.45,
+                   s=point_size * 1.2, linewidths=0.4, label="noisy label")
     if legend if legend is not None else n_classes <= 20:
         from matplotlib.lines import Line2D  # noqa: PLC0415
 
@@ -409,16 +410,21 @@ def _per_run_lines(ax: Any, runs: Mapping[str, Any], column: str) -> int:
 
 
 def plot_training_curves(
-    runs: Mapping[str, Any], metric: str = "test_acc", *, ax: Any = None, title: str | None = None
+    runs: Mapping[str, Any], metric: str = "test_acc", *, ax: Any = None, title: str | None = None,
+    reference: tuple[float, str] | None = None,
 ):
     """``metric`` (default test accuracy) over epochs, one line per run.
 
-    runs: name -> runs.Run or its metrics DataFrame. Runs without the column are skipped.
+    runs: name -> runs.Run or its metrics DataFrame (see analysis.continued_metrics to put
+    MOIT+ after MOIT). Runs without the column are skipped. reference: (value, label) of a
+    dashed horizontal line, e.g. (1 - noise rate, "labels that are right").
     """
     fig, ax = _fig_ax(ax, figsize=(6, 4))
     if not _per_run_lines(ax, runs, metric):
         raise ValueError(f"no run has a {metric!r} column; available in the first: "
                          f"{list(_metrics_of(next(iter(runs.values()))).columns) if runs else []}")
+    if reference is not None:
+        ax.axhline(reference[0], color="0.4", ls="--", lw=1, label=reference[1])
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(title or f"{metric.replace('_', ' ')} per epoch")

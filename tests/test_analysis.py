@@ -392,3 +392,18 @@ def test_projection_falls_back_to_pca_without_umap(digits_xy, monkeypatch):
     assert any("umap-learn is not installed" in str(w.message) for w in caught)
     with pytest.raises(ValueError, match="'umap' or 'pca'"):
         analysis.embedding_projection(x, method="tsne")
+
+
+def test_continued_metrics_puts_moit_plus_after_its_base_run(tmp_path):
+    from moit_explore import config, train
+
+    moit = train.train(config.preset("smoke", runs_root=str(tmp_path)))
+    plus = train.finetune(moit, config.finetune_preset("smoke"))
+    n_moit = config.preset("smoke").epochs
+    n_plus = config.finetune_preset("smoke").epochs
+    curves = analysis.continued_metrics({"MOIT": moit, "MOIT+": plus})
+    assert curves["MOIT"]["epoch"].tolist() == list(range(1, n_moit + 1))
+    assert curves["MOIT+"]["epoch"].tolist() == list(range(n_moit + 1, n_moit + n_plus + 1))
+    # without its base run MOIT+ keeps its own epochs; the runs' own frames are never changed
+    alone = analysis.continued_metrics({"MOIT+": runs.load_run(plus)})
+    assert alone["MOIT+"]["epoch"].tolist() == list(range(1, n_plus + 1))
