@@ -387,7 +387,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (down to 8% of the area) leave a few pixels, and the contrastive loss barely moves
     # from chance. At 40% symmetric noise, last-epoch test accuracy on 2026-11-24 (CPU): MOIT
     # 0.694 with the complex augmentation, 0.972 without; CE 0.919 with the simple one, 0.906
-    # without (CE then fits 63% of the given labels, 60% of which are right: memorisation).
+    # without (CE then fits 63% of the given labels while 60% are right: memorisation).
     "digits": dict(
         _PAPER, dataset="digits", arch="small_cnn", width=16, embed_dim=32, epochs=12,
         batch_size=64, lr=0.1, lr_milestones=(9,), xbm_begin=2, xbm_per_class=20, k=20,
