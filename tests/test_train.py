@@ -478,3 +478,27 @@ def test_bf16_autocast_run_on_the_cpu(tmp_path):
     assert np.isfinite(run.metrics["loss"]).all()
     assert np.isfinite(run.final()["features"].astype(np.float32)).all()
     assert run.metrics["det_f1"].notna().all()
+
+
+def test_a_run_from_before_drop_last_resumes_on_its_own_trajectory(tmp_path):
+    # written by an older version: it dropped the tail batch and its config.json has no
+    # drop_last field; resuming it must drop the tail again, or the trajectory would change
+    straight = train.train(smoke(tmp_path, name="straight", epochs=3, drop_last=True))
+
+    def stop_after_one(row):
+        if row["epoch"] == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train.train(smoke(tmp_path, name="old", epochs=3, drop_last=True),
+                    on_epoch_end=stop_after_one)
+    cfg_file = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    del cfg["drop_last"]
+    cfg_file.write_text(json.dumps(cfg))
+    train.resume(tmp_path / "old")
+    a, b = _metrics_without_timing(straight), _metrics_without_timing(tmp_path / "old")
+    assert a.equals(b), (a.compare(b) if a.shape == b.shape else (a, b))
+    # and the default (the release: keep the tail) is a different trajectory
+    kept = _metrics_without_timing(train.train(smoke(tmp_path, name="kept", epochs=3)))
+    assert not kept["loss"].equals(a["loss"])
