@@ -584,9 +584,13 @@ def continued_metrics(runs: Mapping[Any, Any]) -> dict[Any, pd.DataFrame]:
     for name, r in loaded.items():
         m = _metrics_frame(r).copy()
         config = getattr(r, "config", None) or {}
-        base = config.get("base_run") if config.get("method") == "moit+" else None
-        if base is not None:
-            m["epoch"] += last_epoch.get(Path(base).resolve(), 0)
+        if config.get("method") == "moit+" and len(m) and "epoch" in m:
+            # a MOIT+ run sits in a folder inside its base run; base_run names it too (a
+            # relative path from older versions resolves against the working directory)
+            bases = [Path(r.path).resolve().parent] if getattr(r, "path", None) else []
+            if config.get("base_run"):
+                bases.append(Path(config["base_run"]).resolve())
+            m["epoch"] += next((last_epoch[b] for b in bases if b in last_epoch), 0)
         out[name] = m
     return out
 

@@ -183,8 +183,13 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
         base = course_run("moit", noise, rate, preset_name, progress=progress, **overrides)
         target = Path(base.path) / "finetune"
         fcfg = config.finetune_preset(config.finetune_preset_for(preset_name, rate, noise))
-        if not _cached(target, fcfg.to_dict(), key="finetune"):
-            train.finetune(base.path, fcfg.replace(overwrite=True), progress=progress)
+        expected = fcfg.to_dict()
+        if not _cached(target, expected, key="finetune"):
+            # as _train_into: a temporary folder renamed into place once complete
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            train.finetune(base.path, fcfg.replace(name=tmp.name), progress=progress)
+            _replace_unless_cached(tmp, target, expected, key="finetune")
         return runs.load_run(target)
     target = runs_dir() / run_name(method, noise, rate, preset_name, **overrides)
     # the repository's data/ folder, whatever the notebook's working directory
@@ -206,7 +211,13 @@ def _train_into(target: Path, expected: dict, **train_kwargs) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     train.train(out_dir=tmp, **train_kwargs)
-    if _cached(target, expected):  # another process finished it meanwhile: keep that one
+    _replace_unless_cached(tmp, target, expected)
+
+
+def _replace_unless_cached(tmp: Path, target: Path, expected: dict, key: str | None = None) -> None:
+    """Move the finished run ``tmp`` to ``target``, unless another process put a matching run
+    there meanwhile (then keep that one)."""
+    if _cached(target, expected, key):
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         shutil.rmtree(target, ignore_errors=True)

@@ -959,7 +959,7 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     cfgd = dict(setup.base_config)
     cfgd.update(fcfg.to_dict())
     cfgd.update(method="moit+", base_method=setup.base_config.get("method"),
-                base_run=str(run_dir), finetune=fcfg.to_dict(), n_clean=int(len(keep)),
+                base_run=str(run_dir.resolve()), finetune=fcfg.to_dict(), n_clean=int(len(keep)),
                 device_resolved=str(device), amp_resolved=amp, augment_resolved=fcfg.augment)
     runs.write_json_atomic(out / runs.CONFIG_FILE, cfgd)
     from moit_explore import noise as noise_mod

@@ -394,16 +394,38 @@ def test_projection_falls_back_to_pca_without_umap(digits_xy, monkeypatch):
         analysis.embedding_projection(x, method="tsne")
 
 
-def test_continued_metrics_puts_moit_plus_after_its_base_run(tmp_path):
+def test_continued_metrics_puts_moit_plus_after_its_base_run(tmp_path, monkeypatch):
+    import json
+
     from moit_explore import config, train
 
-    moit = train.train(config.preset("smoke", runs_root=str(tmp_path)))
+    monkeypatch.chdir(tmp_path)  # relative paths, as from the command line
+    moit = train.train(config.preset("smoke", runs_root="r"))
     plus = train.finetune(moit, config.finetune_preset("smoke"))
+    assert not moit.is_absolute() and runs.load_run(plus).config["base_run"] == str(moit.resolve())
     n_moit = config.preset("smoke").epochs
     n_plus = config.finetune_preset("smoke").epochs
-    curves = analysis.continued_metrics({"MOIT": moit, "MOIT+": plus})
+    loaded = {"MOIT": runs.load_run(moit), "MOIT+": runs.load_run(plus)}
+    curves = analysis.continued_metrics(loaded)
     assert curves["MOIT"]["epoch"].tolist() == list(range(1, n_moit + 1))
     assert curves["MOIT+"]["epoch"].tolist() == list(range(n_moit + 1, n_moit + n_plus + 1))
-    # without its base run MOIT+ keeps its own epochs; the runs' own frames are never changed
-    alone = analysis.continued_metrics({"MOIT+": runs.load_run(plus)})
+    assert loaded["MOIT+"].metrics["epoch"].tolist() == list(range(1, n_plus + 1))  # a copy
+    # without its base run MOIT+ keeps its own epochs
+    alone = analysis.continued_metrics({"MOIT+": plus})
     assert alone["MOIT+"]["epoch"].tolist() == list(range(1, n_plus + 1))
+
+    # a run directory from an older version (relative base_run), read from another folder:
+    # found all the same, because MOIT+ sits inside its base run
+    cfg_file = plus / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["base_run"] = str(moit)
+    cfg_file.write_text(json.dumps(cfg))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    curves = analysis.continued_metrics({"MOIT": tmp_path / moit, "MOIT+": tmp_path / plus})
+    assert curves["MOIT+"]["epoch"].min() == n_moit + 1
+
+    # a MOIT+ run interrupted before its first epoch has no rows: nothing to shift
+    (tmp_path / plus / "metrics.jsonl").write_text("")
+    empty = analysis.continued_metrics({"MOIT": tmp_path / moit, "MOIT+": tmp_path / plus})
+    assert len(empty["MOIT+"]) == 0

@@ -51,3 +51,5 @@ def test_moit_plus_cache_follows_its_fine_tuning_settings(cache):
     _edit_config(plus.path, lambda c: c["finetune"].update(lr=0.5))
     again = course.course_run("moit+", preset="smoke", progress=False)
     assert _stamp(again) != first and again.config["finetune"]["lr"] == 0.001
+    assert again.path.name == "finetune" and "train_mask" in again.final()
+    assert not list(again.path.parent.glob(".*tmp*"))  # trained aside, renamed into place
