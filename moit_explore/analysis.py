@@ -584,13 +584,9 @@ def continued_metrics(runs: Mapping[Any, Any]) -> dict[Any, pd.DataFrame]:
     for name, r in loaded.items():
         m = _metrics_frame(r).copy()
         config = getattr(r, "config", None) or {}
-        if config.get("method") == "moit+" and len(m) and "epoch" in m:
-            # a MOIT+ run sits in a folder inside its base run; base_run names it too (a
-            # relative path from older versions resolves against the working directory)
-            bases = [Path(r.path).resolve().parent] if getattr(r, "path", None) else []
-            if config.get("base_run"):
-                bases.append(Path(config["base_run"]).resolve())
-            m["epoch"] += next((last_epoch[b] for b in bases if b in last_epoch), 0)
+        if config.get("method") == "moit+" and len(m) and getattr(r, "path", None):
+            # train.finetune always writes MOIT+ into a folder inside its base run
+            m["epoch"] += last_epoch.get(Path(r.path).resolve().parent, 0)
         out[name] = m
     return out
 

@@ -48,6 +48,7 @@ AMP_CHOICES = ("auto", "bf16", "none")
 PIPELINE_CHOICES = ("gpu", "reference")
 FEATURE_CHOICES = ("auto", "z", "h")
 AUGMENT_CHOICES = ("auto", "complex", "simple", "none")
+FINETUNE_AUGMENT_CHOICES = ("simple", "none")
 _DATASETS = ("digits", "fashion-mnist", "fmnist", "fashionmnist", "cifar10", "cifar-10",
              "cifar100", "cifar-100")
 
@@ -316,7 +317,7 @@ class FinetuneConfig:
     bootstrap_start: int = _f(30, "mixup CE until this epoch, then mixup + hard bootstrapping")
     augment: str = _f("simple", "the single view's augmentation: simple (spec §4: random crop "
                       "with crop_padding + horizontal flip) or none (a deviation, for tiny "
-                      "images)", ("simple", "none"))
+                      "images)", FINETUNE_AUGMENT_CHOICES)
     beta: float = _f(0.2, "hard bootstrapping weight of the model's own prediction")
     seed: int = _f(1, "data-order / augmentation seed")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
@@ -350,7 +351,7 @@ class FinetuneConfig:
         _check_epochs_tuple("lr_milestones", self.lr_milestones)
         _check_epochs_tuple("snapshot_epochs", self.snapshot_epochs)
         _check_choice("amp", self.amp, AMP_CHOICES)
-        _check_choice("augment", self.augment, ("simple", "none"))
+        _check_choice("augment", self.augment, FINETUNE_AUGMENT_CHOICES)
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
         return self

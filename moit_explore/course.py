@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,7 @@ _PLACE_FIELDS = frozenset({"progress", "runs_root", "name", "overwrite", "data_r
 
 
 def _json(value: Any) -> Any:
+    """``value`` as it reads back from config.json (tuples become lists)."""
     return json.loads(json.dumps(value, default=str))
 
 
@@ -155,7 +157,7 @@ def _settings_match(path: Path, expected: dict, key: str | None = None) -> bool:
     except (OSError, ValueError):
         return False
     saved = saved.get(key, {}) if key else saved
-    return all(k in saved and _json(saved[k]) == _json(v)
+    return all(k in saved and saved[k] == _json(v)
                for k, v in expected.items() if k not in _PLACE_FIELDS)
 
 
@@ -185,11 +187,10 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
         fcfg = config.finetune_preset(config.finetune_preset_for(preset_name, rate, noise))
         expected = fcfg.to_dict()
         if not _cached(target, expected, key="finetune"):
-            # as _train_into: a temporary folder renamed into place once complete
-            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            train.finetune(base.path, fcfg.replace(name=tmp.name), progress=progress)
-            _replace_unless_cached(tmp, target, expected, key="finetune")
+            _train_into(target, expected,
+                        lambda tmp: train.finetune(base.path, fcfg.replace(name=tmp.name),
+                                                   progress=progress),
+                        key="finetune")
         return runs.load_run(target)
     target = runs_dir() / run_name(method, noise, rate, preset_name, **overrides)
     # the repository's data/ folder, whatever the notebook's working directory
@@ -197,26 +198,20 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
                 **overrides}
     expected = config.preset(preset_name, **settings).to_dict()
     if not _cached(target, expected):
-        _train_into(target, expected, preset=preset_name, progress=progress, **settings)
+        _train_into(target, expected, lambda tmp: train.train(
+            out_dir=tmp, preset=preset_name, progress=progress, **settings))
     return runs.load_run(target)
 
 
-def _train_into(target: Path, expected: dict, **train_kwargs) -> None:
-    """Train into a temporary folder renamed to ``target`` at the end, so an interrupted run is
-    never mistaken for a cached one (``train_kwargs`` go to :func:`moit_explore.train.train`;
-    ``expected``: the settings a cached run must match)."""
-    from moit_explore import train
-
+def _train_into(target: Path, expected: dict, fit: Callable[[Path], Any],
+                key: str | None = None) -> None:
+    """Run ``fit(tmp)``, which trains a run into the folder ``tmp``, then rename ``tmp`` to
+    ``target``, so an interrupted run is never mistaken for a cached one. If another process
+    put a run matching ``expected`` (see :func:`_cached`) at ``target`` meanwhile, keep that."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    train.train(out_dir=tmp, **train_kwargs)
-    _replace_unless_cached(tmp, target, expected)
-
-
-def _replace_unless_cached(tmp: Path, target: Path, expected: dict, key: str | None = None) -> None:
-    """Move the finished run ``tmp`` to ``target``, unless another process put a matching run
-    there meanwhile (then keep that one)."""
+    fit(tmp)
     if _cached(target, expected, key):
         shutil.rmtree(tmp, ignore_errors=True)
     else:
@@ -253,7 +248,7 @@ def folder_features(bundle, preset: str | None = None, *, progress: bool = True,
     """
     import numpy as np
 
-    from moit_explore import config, noise, runs
+    from moit_explore import config, noise, runs, train
 
     preset_name = preset or _default_preset()
     labels = np.asarray(bundle.train_labels, dtype=np.int64)
@@ -267,6 +262,6 @@ def folder_features(bundle, preset: str | None = None, *, progress: bool = True,
     if not _cached(target, expected):
         # no noise to inject: the folder labels are what the detector questions
         clean = noise.inject_noise(labels, "none", 0.0, bundle.num_classes)
-        _train_into(target, expected, preset=preset_name, progress=progress, data=(bundle, clean),
-                    **settings)
+        _train_into(target, expected, lambda tmp: train.train(
+            out_dir=tmp, preset=preset_name, progress=progress, data=(bundle, clean), **settings))
     return runs.load_run(target).final()["features"].astype(np.float32)

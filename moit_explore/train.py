@@ -214,10 +214,10 @@ class GpuPipeline:
         self.augment, self.normalize = augment, normalize
         self.batch_size = batch_size
         self.channels_last = channels_last
-        self.drop_last = drop_last
+        self.bounds = _batch_bounds(images.shape[0], batch_size, drop_last)
 
     def __len__(self) -> int:
-        return _num_batches(self.images.shape[0], self.batch_size, self.drop_last)
+        return len(self.bounds)
 
     def _fmt(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -225,7 +225,7 @@ class GpuPipeline:
     def batches(self, order: Tensor, n_views: int, with_x0: bool,
                 gen: torch.Generator) -> Iterator[Batch]:
         order = order.to(self.images.device)
-        for start, stop in _batch_bounds(self.images.shape[0], self.batch_size, self.drop_last):
+        for start, stop in self.bounds:
             pos = order[start:stop]
             x = self.images[pos]
             views = [self._fmt(self.augment(x, generator=gen)) for _ in range(n_views)]
@@ -249,10 +249,6 @@ def _batch_bounds(n: int, batch_size: int, drop_last: bool = False) -> list[tupl
     if (tail >= 2 and not drop_last) or (full == 0 and tail >= 1):
         bounds.append((full * batch_size, n))
     return bounds
-
-
-def _num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
-    return len(_batch_bounds(n, batch_size, drop_last))
 
 
 def _torchvision_transform(name: str, size: int, mean, std, padding: int = 4):
@@ -315,16 +311,15 @@ class ReferencePipeline:
         self.normalize = _torchvision_transform("none", h, mean, std)
         self.batch_size, self.workers, self.device = batch_size, workers, device
         self.channels_last = channels_last
-        self.drop_last = drop_last
+        self.bounds = _batch_bounds(len(images), batch_size, drop_last)
 
     def __len__(self) -> int:
-        return _num_batches(len(self.images), self.batch_size, self.drop_last)
+        return len(self.bounds)
 
     def batches(self, order: Tensor, n_views: int, with_x0: bool,
                 gen: torch.Generator) -> Iterator[Batch]:
         ds = _PilDataset(self.images, self.augment, self.normalize, n_views, with_x0)
-        bounds = _batch_bounds(len(self.images), self.batch_size, self.drop_last)
-        order = order.cpu().tolist()[: bounds[-1][1]]
+        order = order.cpu().tolist()[: self.bounds[-1][1]]
         loader = torch.utils.data.DataLoader(
             ds, batch_size=self.batch_size, sampler=order, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", drop_last=False,

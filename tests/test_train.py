@@ -389,11 +389,11 @@ def test_lr_milestones_name_the_first_epoch_at_the_lower_lr():
 def test_batch_bounds_keep_the_tail_as_the_release_unless_drop_last():
     # 400 samples, B = 64: six full batches and a tail of 16 (kept, as a DataLoader does)
     assert train._batch_bounds(400, 64)[-1] == (384, 400)
-    assert train._num_batches(400, 64) == 7
+    assert len(train._batch_bounds(400, 64)) == 7
     # drop_last: the named deviation, static shapes
     assert train._batch_bounds(400, 64, drop_last=True)[-1] == (320, 384)
     # a tail of one sample cannot train batch norm or pair for mixup: always dropped
-    assert train._num_batches(129, 128) == 1
+    assert len(train._batch_bounds(129, 128)) == 1
     # a set smaller than one batch is one batch either way
     assert train._batch_bounds(50, 64, drop_last=True) == [(0, 50)]
 
