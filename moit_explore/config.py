@@ -21,9 +21,19 @@ Presets (``preset(name, **overrides)``):
 from __future__ import annotations
 
 import dataclasses
-import math
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
+
+from moit_explore.validation import (
+    BACKEND_CHOICES,
+    BALANCE_CHOICES,
+    DEFAULT_K,
+    check_choice,
+    check_float,
+    check_int,
+    check_k,
+)
 
 __all__ = [
     "FINETUNE_PRESETS",
@@ -41,9 +51,7 @@ NOISE_CHOICES = ("none", "symmetric", "asymmetric")
 ARCH_CHOICES = ("preact_resnet18", "small_cnn")
 SHORTCUT_CHOICES = ("preactivated", "raw")
 PROJECTION_CHOICES = ("linear", "nonlinear")
-BALANCE_CHOICES = ("median", "min", "max", "none")
 DETECT_CHOICES = ("auto", "epoch", "final", "off")
-BACKEND_CHOICES = ("auto", "torch", "faiss")
 AMP_CHOICES = ("auto", "bf16", "none")
 PIPELINE_CHOICES = ("gpu", "reference")
 FEATURE_CHOICES = ("auto", "z", "h")
@@ -63,32 +71,6 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata=meta)
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
-
-
-def _check_int(name: str, value: Any, low: int | None = None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-
-
-def _check_float(name: str, value: Any, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    lo_bad = low is not None and (value <= low if low_open else value < low)
-    hi_bad = high is not None and (value >= high if high_open else value > high)
-    if lo_bad or hi_bad:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
-        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
-        raise ValueError(f"{name} must be in {lo or '(-inf'}, {hi or 'inf)'}; got {value}")
-
-
 def _check_epochs_tuple(name: str, value: Any) -> None:
     if not isinstance(value, tuple) or not all(
         isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
@@ -101,8 +83,19 @@ def _check_epochs_tuple(name: str, value: Any) -> None:
 _LEGACY: dict[str, Any] = {"drop_last": True, "shortcut": "raw"}
 
 
+class _Fields:
+    """What both configuration dataclasses offer besides their fields."""
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied (dataclasses.replace)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(_Fields):
     """One training run (MOIT or a baseline). Field defaults are the paper's CIFAR protocol."""
 
     preset: str | None = _f(None, "the preset this configuration started from (recorded)")
@@ -151,7 +144,7 @@ class TrainConfig:
     alpha: float = _f(1.0, "mixup Beta(alpha, alpha) parameter (0: no mixing)")
     xbm_begin: int = _f(3, "the cross-batch memory is used from epoch > xbm_begin")
     xbm_per_class: int = _f(100, "memory slots per class (capacity 2 * this * classes)")
-    k: int = _f(250, "neighbours of the kNN noise detection")
+    k: int = _f(DEFAULT_K, "neighbours of the kNN noise detection")
     balance: str = _f("median", "class balancing of the clean selection", BALANCE_CHOICES)
     correction_start: int = _f(130, "MOIT: semi-supervised classification (clean mask) from "
                                "epoch > correction_start")
@@ -180,12 +173,6 @@ class TrainConfig:
     progress: bool = _f(True, "tqdm progress bars")
 
     # ------------------------------------------------------------------ helpers
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -233,51 +220,51 @@ class TrainConfig:
 
         n_train: the actual training set size when known (checks k < n_train).
         """
-        _check_choice("method", self.method, METHODS)
+        check_choice("method", self.method, METHODS)
         ds = self.dataset.lower().replace("_", "-") if isinstance(self.dataset, str) else None
         if ds is None or not (ds in _DATASETS or ds.startswith("imagefolder:")):
             raise ValueError(f"dataset={self.dataset!r} is not valid; choose one of: digits, "
                              "fashion-mnist, cifar10, cifar100, imagefolder:<path>")
-        _check_choice("noise", self.noise, NOISE_CHOICES)
-        _check_float("rate", self.rate, 0.0, 1.0, high_open=True)
+        check_choice("noise", self.noise, NOISE_CHOICES)
+        check_float("rate", self.rate, 0.0, 1.0, high_open=True)
         if self.noise == "none" and self.rate != 0 and not self.noise_file:
             raise ValueError(f"noise='none' needs rate=0, got rate={self.rate}; pass --rate 0 "
                              "or choose --noise symmetric/asymmetric")
         for name in ("n_train", "n_test", "image_size"):
-            _check_int(name, getattr(self, name), 1, allow_none=True)
+            check_int(name, getattr(self, name), 1, allow_none=True)
         for name in ("subset_seed", "noise_seed", "seed"):
-            _check_int(name, getattr(self, name))
-        _check_choice("arch", self.arch, ARCH_CHOICES)
-        _check_choice("projection", self.projection, PROJECTION_CHOICES)
-        _check_choice("shortcut", self.shortcut, SHORTCUT_CHOICES)
+            check_int(name, getattr(self, name))
+        check_choice("arch", self.arch, ARCH_CHOICES)
+        check_choice("projection", self.projection, PROJECTION_CHOICES)
+        check_choice("shortcut", self.shortcut, SHORTCUT_CHOICES)
         for name in ("width", "embed_dim", "epochs", "batch_size", "xbm_per_class", "k",
                      "eval_batch_size"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2 (mixup and the contrastive losses pair "
                              "samples within a batch)")
-        _check_int("workers", self.workers, 0)
-        _check_int("crop_padding", self.crop_padding, 0)
+        check_int("workers", self.workers, 0)
+        check_int("crop_padding", self.crop_padding, 0)
         if self.image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 (grayscale) or 3 (RGB), got "
                              f"{self.image_channels!r}")
-        _check_int("xbm_begin", self.xbm_begin, 0)
-        _check_int("correction_start", self.correction_start, 0)
-        _check_float("lr", self.lr, 0.0, low_open=True)
-        _check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _check_float("weight_decay", self.weight_decay, 0.0)
-        _check_float("lr_gamma", self.lr_gamma, 0.0, low_open=True)
-        _check_float("tau", self.tau, 0.0, low_open=True)
-        _check_float("alpha", self.alpha, 0.0)
+        check_int("xbm_begin", self.xbm_begin, 0)
+        check_int("correction_start", self.correction_start, 0)
+        check_float("lr", self.lr, 0.0, low_open=True)
+        check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        check_float("weight_decay", self.weight_decay, 0.0)
+        check_float("lr_gamma", self.lr_gamma, 0.0, low_open=True)
+        check_float("tau", self.tau, 0.0, low_open=True)
+        check_float("alpha", self.alpha, 0.0)
         _check_epochs_tuple("lr_milestones", self.lr_milestones)
         _check_epochs_tuple("snapshot_epochs", self.snapshot_epochs)
-        _check_choice("balance", self.balance, BALANCE_CHOICES)
-        _check_choice("detect", self.detect, DETECT_CHOICES)
-        _check_choice("detect_backend", self.detect_backend, BACKEND_CHOICES)
-        _check_choice("detect_features", self.detect_features, FEATURE_CHOICES)
-        _check_choice("augment", self.augment, AUGMENT_CHOICES)
-        _check_choice("amp", self.amp, AMP_CHOICES)
-        _check_choice("pipeline", self.pipeline, PIPELINE_CHOICES)
+        check_choice("balance", self.balance, BALANCE_CHOICES)
+        check_choice("detect", self.detect, DETECT_CHOICES)
+        check_choice("detect_backend", self.detect_backend, BACKEND_CHOICES)
+        check_choice("detect_features", self.detect_features, FEATURE_CHOICES)
+        check_choice("augment", self.augment, AUGMENT_CHOICES)
+        check_choice("amp", self.amp, AMP_CHOICES)
+        check_choice("pipeline", self.pipeline, PIPELINE_CHOICES)
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
         ):
@@ -289,10 +276,8 @@ class TrainConfig:
                              f"correction, not --detect {self.detect}; use --detect epoch (or "
                              "auto), or set --correction-start >= --epochs")
         n = n_train if n_train is not None else self.n_train
-        if n is not None and self.k >= n:
-            raise ValueError(f"k={self.k} must be smaller than the number of training images "
-                             f"({n}): each image has only {n - 1} other images; pass a smaller "
-                             "--k")
+        if n is not None:
+            check_k(self.k, n, samples="training images")
         if n is not None and self.batch_size > n:
             raise ValueError(f"batch_size={self.batch_size} exceeds the {n} training images; "
                              "pass a smaller --batch-size")
@@ -300,7 +285,7 @@ class TrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(_Fields):
     """MOIT+ fine-tuning (spec §4) of a finished MOIT run on its detected clean samples."""
 
     epochs: int = _f(70, "fine-tuning epochs (paper: 70; 140 for 80% symmetric noise)")
@@ -329,29 +314,23 @@ class FinetuneConfig:
     overwrite: bool = _f(False, "empty an existing fine-tuning folder")
     progress: bool = _f(True, "tqdm progress bars")
 
-    def replace(self, **changes: Any) -> FinetuneConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     def validate(self) -> FinetuneConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2 (mixup pairs samples within a batch)")
-        _check_int("bootstrap_start", self.bootstrap_start, 0)
-        _check_int("seed", self.seed)
-        _check_float("lr", self.lr, 0.0, low_open=True)
-        _check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _check_float("weight_decay", self.weight_decay, 0.0)
-        _check_float("lr_gamma", self.lr_gamma, 0.0, low_open=True)
-        _check_float("alpha", self.alpha, 0.0)
-        _check_float("beta", self.beta, 0.0, 1.0)
+        check_int("bootstrap_start", self.bootstrap_start, 0)
+        check_int("seed", self.seed)
+        check_float("lr", self.lr, 0.0, low_open=True)
+        check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        check_float("weight_decay", self.weight_decay, 0.0)
+        check_float("lr_gamma", self.lr_gamma, 0.0, low_open=True)
+        check_float("alpha", self.alpha, 0.0)
+        check_float("beta", self.beta, 0.0, 1.0)
         _check_epochs_tuple("lr_milestones", self.lr_milestones)
         _check_epochs_tuple("snapshot_epochs", self.snapshot_epochs)
-        _check_choice("amp", self.amp, AMP_CHOICES)
-        _check_choice("augment", self.augment, FINETUNE_AUGMENT_CHOICES)
+        check_choice("amp", self.amp, AMP_CHOICES)
+        check_choice("augment", self.augment, FINETUNE_AUGMENT_CHOICES)
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
         return self
@@ -435,8 +414,6 @@ def _check_overrides(cls: type, overrides: dict) -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     bad = sorted(set(overrides) - names)
     if bad:
-        import difflib
-
         hints = [difflib.get_close_matches(b, names, n=1) for b in bad]
         hint = "; ".join(f"{b} (did you mean {h[0]}?)" if h else b
                          for b, h in zip(bad, hints, strict=True))

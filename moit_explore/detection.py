@@ -28,23 +28,37 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from moit_explore.validation import (
+    BACKEND_CHOICES,
+    BALANCE_CHOICES,
+    WEIGHTING_CHOICES,
+    check_choice,
+    check_features,
+    check_int,
+    check_k,
+    check_labels,
+    check_mask,
+    default_k,
+)
 
 __all__ = [
-    "BALANCE_CHOICES",
     "Detection",
     "Neighbors",
     "detect_from_neighbors",
     "detect_noise",
+    "detection_counts",
     "detection_metrics",
     "knn_search",
     "knn_soft_labels",
+    "majority_vote",
+    "prf",
     "select_clean",
     "soft_labels_from_neighbors",
 ]
 
-BALANCE_CHOICES = ("median", "min", "max", "none")
-WEIGHTING_CHOICES = ("none", "similarity")
-BACKEND_CHOICES = ("auto", "torch", "faiss")
 CLIP_LOW, CLIP_HIGH = 0.01, 0.99
 # the torch backend keeps one (chunk x N) fp32 similarity block of about this size
 DEFAULT_BLOCK_BYTES = 256 * 2**20
@@ -88,78 +102,11 @@ class Detection:
     agree: np.ndarray | None = None
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _check_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(value)
-
-
-def _check_k(k: Any, n: int) -> int:
-    k = _check_int("k", k)
-    if n < 2:
-        raise ValueError(f"kNN needs at least 2 samples, got N={n}")
-    if not 1 <= k <= n - 1:
-        raise ValueError(
-            f"k={k} is out of range for N={n} samples: each sample has N-1={n - 1} other "
-            f"samples, so k must be in [1, {n - 1}]; pass a smaller k"
-        )
-    return k
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
-    return value
-
-
-def _check_features(features: Any) -> np.ndarray | torch.Tensor:
-    """Features as a float torch tensor (kept on its device) or a float32 NumPy array."""
-    if isinstance(features, torch.Tensor):
-        x = features.detach()
-        if x.ndim != 2:
-            raise ValueError(f"features must be 2-D (N, d), got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            x = x.float()
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("features contain NaN or inf; clean or drop those rows first")
-        return x
-    x = np.asarray(features)
-    if x.ndim != 2:
-        raise ValueError(f"features must be 2-D (N, d), got shape {x.shape}")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"features must be numeric, got dtype {x.dtype}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError("features contain NaN or inf; clean or drop those rows first")
-    return x
-
-
-def _check_labels(labels: Any, n: int, num_classes: int) -> np.ndarray:
-    """A private int64 copy of ``labels`` (so nothing downstream can write to the caller's)."""
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    y = np.asarray(labels)
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"labels must have shape ({n},) to match the data, got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers in [0, num_classes), got dtype {y.dtype}")
-    y = y.astype(np.int64, copy=True)
-    if n and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
-            f"got values in [{y.min()}, {y.max()}]; pass the right num_classes or remap labels"
-        )
-    return y
+# --------------------------------------------------------------------------- checks
 
 
 def _check_num_classes(num_classes: Any) -> int:
-    c = _check_int("num_classes", num_classes)
-    if c < 1:
-        raise ValueError(f"num_classes must be >= 1, got {c}")
-    return c
+    return check_int("num_classes", num_classes, 1)
 
 
 def _check_neighbor_indices(indices: Any) -> np.ndarray:
@@ -173,14 +120,12 @@ def _check_neighbor_indices(indices: Any) -> np.ndarray:
     return idx.astype(np.int64, copy=False)
 
 
-def _check_k_for_neighbors(k: Any, k_max: int) -> int:
-    k = _check_int("k", k)
-    if not 1 <= k <= k_max:
-        raise ValueError(
-            f"k={k} is out of range: the neighbour lists hold k_max={k_max} neighbours, so k "
-            f"must be in [1, {k_max}]; search more neighbours (knn_search(..., k={k})) first"
-        )
-    return k
+def _resolve_k(k: Any, labels: np.ndarray, n: int, k_max: int | None = None) -> int:
+    """k checked against the data (None: validation.default_k of the labels, within k_max)."""
+    if k is None:
+        k = default_k(labels)
+        return k if k_max is None else min(k, k_max)
+    return check_k(k, n, k_max=k_max)
 
 
 # --------------------------------------------------------------------------- kNN search
@@ -221,69 +166,91 @@ def _drop_self(
 
 
 def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm  # noqa: PLC0415 -- only when asked for
-
     return tqdm(total=total, disable=not enabled, desc=desc, unit="query")
 
 
 @torch.inference_mode()
 def _knn_torch(
-    x: torch.Tensor, k: int, chunk_size: int | None, progress: bool = False
+    x: torch.Tensor,
+    k: int,
+    chunk_size: int | None,
+    progress: bool = False,
+    queries: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact cosine kNN on ``x``'s device: (N, d) -> indices int64 (N, k), sims float32 (N, k)."""
+    """Exact cosine kNN on ``x``'s device: indices int64 (Q, k), sims float32 (Q, k) of the
+    rows of ``x`` (N, d) nearest to each query row; without ``queries`` each row of ``x`` is
+    a query and its own index is excluded."""
     x = F.normalize(x.float(), dim=1)
-    n = x.shape[0]
+    q = x if queries is None else F.normalize(queries.float().to(x.device), dim=1)
+    n_q = q.shape[0]
     if chunk_size is None:
-        chunk_size = max(1, DEFAULT_BLOCK_BYTES // (4 * n))
-    chunk_size = _check_int("chunk_size", chunk_size)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    out_i = torch.empty(n, k, dtype=torch.int64, device=x.device)
-    out_s = torch.empty(n, k, dtype=torch.float32, device=x.device)
-    with _progress(n, progress, "kNN (torch)") as bar:
-        for lo in range(0, n, chunk_size):
-            hi = min(n, lo + chunk_size)
-            sims, inds = torch.topk(x[lo:hi] @ x.T, k + 1, dim=1)
-            rows = torch.arange(lo, hi, device=x.device)
-            out_s[lo:hi], out_i[lo:hi] = _drop_self(sims, inds, rows)
+        chunk_size = max(1, DEFAULT_BLOCK_BYTES // (4 * x.shape[0]))
+    extra = 1 if queries is None else 0
+    out_i = torch.empty(n_q, k, dtype=torch.int64, device=x.device)
+    out_s = torch.empty(n_q, k, dtype=torch.float32, device=x.device)
+    with _progress(n_q, progress, "kNN (torch)") as bar:
+        for lo in range(0, n_q, chunk_size):
+            hi = min(n_q, lo + chunk_size)
+            sims, inds = torch.topk(q[lo:hi] @ x.T, k + extra, dim=1)
+            if extra:
+                sims, inds = _drop_self(sims, inds, torch.arange(lo, hi, device=x.device))
+            out_s[lo:hi], out_i[lo:hi] = sims, inds
             bar.update(hi - lo)
     return out_i, out_s
 
 
-def _knn_faiss(
-    x: np.ndarray, k: int, chunk_size: int | None, progress: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    faiss = _faiss()
+def _normalized_copy(x: np.ndarray, faiss: Any) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32).copy()
     faiss.normalize_L2(x)
-    n, d = x.shape
-    index = faiss.IndexFlatIP(d)
+    return x
+
+
+def _knn_faiss(
+    x: np.ndarray,
+    k: int,
+    chunk_size: int | None,
+    progress: bool = False,
+    queries: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    faiss = _faiss()
+    x = _normalized_copy(x, faiss)
+    q = x if queries is None else _normalized_copy(queries, faiss)
+    index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     # faiss batches internally; chunking the queries only bounds the output and feeds progress
     chunk_size = chunk_size or 16384
-    out_i = np.empty((n, k), dtype=np.int64)
-    out_s = np.empty((n, k), dtype=np.float32)
-    with _progress(n, progress, "kNN (faiss)") as bar:
-        for lo in range(0, n, chunk_size):
-            hi = min(n, lo + chunk_size)
-            sims, inds = index.search(x[lo:hi], k + 1)
-            s, i = _drop_self(
-                torch.from_numpy(sims),
-                torch.from_numpy(inds.astype(np.int64, copy=False)),
-                torch.arange(lo, hi),
-            )
-            out_s[lo:hi], out_i[lo:hi] = s.numpy(), i.numpy()
+    extra = 1 if queries is None else 0
+    n_q = q.shape[0]
+    out_i = np.empty((n_q, k), dtype=np.int64)
+    out_s = np.empty((n_q, k), dtype=np.float32)
+    with _progress(n_q, progress, "kNN (faiss)") as bar:
+        for lo in range(0, n_q, chunk_size):
+            hi = min(n_q, lo + chunk_size)
+            sims, inds = index.search(q[lo:hi], k + extra)
+            inds = inds.astype(np.int64, copy=False)
+            if extra:
+                s, i = _drop_self(torch.from_numpy(sims), torch.from_numpy(inds),
+                                  torch.arange(lo, hi))
+                sims, inds = s.numpy(), i.numpy()
+            out_s[lo:hi], out_i[lo:hi] = sims, inds
             bar.update(hi - lo)
     return out_i, out_s
 
 
 def _resolve_backend(backend: str, x: np.ndarray | torch.Tensor) -> str:
-    _check_choice("backend", backend, BACKEND_CHOICES)
     if backend != "auto":
         return backend
     if isinstance(x, torch.Tensor) and x.device.type != "cpu":
         return "torch"
     return "faiss" if _faiss_available() else "torch"
+
+
+def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
 
 
 def _knn(
@@ -292,22 +259,23 @@ def _knn(
     backend: str,
     chunk_size: int | None,
     progress: bool,
+    queries: np.ndarray | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """kNN as torch tensors: on ``x``'s device for the torch backend, on the CPU for faiss."""
-    k = _check_k(k, int(x.shape[0]))
-    backend = _resolve_backend(backend, x)
-    if backend == "faiss":
-        xn = x.cpu().numpy() if isinstance(x, torch.Tensor) else x
-        idx, sims = _knn_faiss(xn, k, chunk_size, progress)
+    """kNN as torch tensors: on ``x``'s device for the torch backend, on the CPU for faiss.
+    Arguments are checked by the public caller."""
+    if _resolve_backend(backend, x) == "faiss":
+        q = None if queries is None else _as_numpy(queries)
+        idx, sims = _knn_faiss(_as_numpy(x), k, chunk_size, progress, q)
         return torch.from_numpy(idx), torch.from_numpy(sims)
-    xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
-    return _knn_torch(xt, k, chunk_size, progress)
+    q = None if queries is None else _as_tensor(queries)
+    return _knn_torch(_as_tensor(x), k, chunk_size, progress, q)
 
 
 def knn_search(
     features: Any,
     k: int,
     *,
+    queries: Any = None,
     backend: str = "auto",
     chunk_size: int | None = None,
     progress: bool = False,
@@ -319,6 +287,9 @@ def knn_search(
     similar first; each sample's own dataset index is excluded even when exact duplicates of it
     exist (k+1 are searched and the self entry, or else the last, is dropped).
 
+    queries: (Q, d) other samples (e.g. a test set) to search among ``features`` instead:
+    then indices (Q, k) point into ``features``, k <= N and nothing is excluded.
+
     backend: "torch" (chunked matmul + ``torch.topk`` on the tensor's device; a (chunk x N)
     fp32 block stays within ~256 MB unless ``chunk_size`` rows are given), "faiss"
     (faiss-cpu ``IndexFlatIP``; a CUDA tensor is copied to the CPU), or "auto": torch for
@@ -326,8 +297,17 @@ def knn_search(
     similarity (tied candidates may be ordered or cut differently). On CUDA the matmul follows
     ``torch.backends.cuda.matmul.allow_tf32`` (off by default; TF32 would blur close calls).
     """
-    x = _check_features(features)
-    idx, sims = _knn(x, k, backend, chunk_size, progress)
+    x = check_features(features, keep_tensor=True)
+    q = None
+    if queries is not None:
+        q = check_features(queries, "queries", keep_tensor=True)
+        if q.shape[1] != x.shape[1]:
+            raise ValueError(f"queries have {q.shape[1]} dimensions but features {x.shape[1]}; "
+                             "embed both with the same model")
+    k = check_k(k, int(x.shape[0]), self_excluded=q is None)
+    check_choice("backend", backend, BACKEND_CHOICES)
+    check_int("chunk_size", chunk_size, 1, allow_none=True)
+    idx, sims = _knn(x, k, backend, chunk_size, progress, q)
     return Neighbors(indices=idx.cpu().numpy(), similarities=sims.cpu().numpy())
 
 
@@ -403,7 +383,6 @@ def _label_counts(
 
 def _vote_weights(similarities: torch.Tensor | None, k: int, weighting: str) -> torch.Tensor | None:
     """None for plain counts; else max(similarity, 0) of the first k (all-zero rows -> 1)."""
-    _check_choice("weighting", weighting, WEIGHTING_CHOICES)
     if weighting == "none":
         return None
     if similarities is None:
@@ -437,8 +416,9 @@ def soft_labels_from_neighbors(
     idx = _check_neighbor_indices(neighbor_indices)
     c = _check_num_classes(num_classes)
     n, k_max = idx.shape
-    k = k_max if k is None else _check_k_for_neighbors(k, k_max)
-    y = _check_labels(labels, n, c)
+    k = k_max if k is None else check_k(k, n, k_max=k_max)
+    y = check_labels(labels, n, c)
+    check_choice("weighting", weighting, WEIGHTING_CHOICES)
     sims = None
     if similarities is not None:
         sims = torch.from_numpy(np.asarray(similarities, dtype=np.float32))
@@ -459,12 +439,27 @@ def knn_soft_labels(
 
     features (N, d), labels (N,) -> float32 (N, C). See :func:`knn_search` for ``backend``.
     """
-    x = _check_features(features)
+    x = check_features(features, keep_tensor=True)
     c = _check_num_classes(num_classes)
-    y = _check_labels(labels, int(x.shape[0]), c)
+    y = check_labels(labels, int(x.shape[0]), c)
+    k = check_k(k, int(x.shape[0]))
+    check_choice("backend", backend, BACKEND_CHOICES)
     idx, _ = _knn(x, k, backend, None, False)
     counts = _label_counts(idx, torch.from_numpy(y).to(idx.device), c, k)
     return _fractions(counts, k, None).cpu().numpy()
+
+
+def majority_vote(
+    neighbor_indices: Any, labels: Any, num_classes: int, k: int | None = None
+) -> np.ndarray:
+    """The most frequent label among each row's first ``k`` neighbours (default: all k_max):
+    (Q, k_max) indices into ``labels`` (N,) -> int64 (Q,). Ties go to the lowest class index
+    (the pass-1 corrected label of the detection is this vote)."""
+    idx = _check_neighbor_indices(neighbor_indices)
+    c = _check_num_classes(num_classes)
+    k = idx.shape[1] if k is None else check_k(k, idx.shape[0], k_max=idx.shape[1])
+    y = check_labels(labels, None, c)
+    return _label_counts(torch.from_numpy(idx), torch.from_numpy(y), c, k).argmax(dim=1).numpy()
 
 
 # --------------------------------------------------------------------------- selection
@@ -509,13 +504,13 @@ def select_clean(
     torch.median), min ("min") or max ("max"); each class keeps its min(n_sel, |class|)
     samples of smallest discrepancy, ties broken by dataset index. "none": clean = agree.
     """
-    balance = _check_choice("balance", balance, BALANCE_CHOICES)
+    balance = check_choice("balance", balance, BALANCE_CHOICES)
     c = _check_num_classes(num_classes)
     d = np.asarray(discrepancy, dtype=np.float32)
     if d.ndim != 1:
         raise ValueError(f"discrepancy must be 1-D (N,), got shape {d.shape}")
     n = d.shape[0]
-    y = _check_labels(labels, n, c)
+    y = check_labels(labels, n, c)
     a = np.asarray(agree)
     if a.shape != (n,) or a.dtype != np.bool_:
         raise ValueError(f"agree must be a bool array of shape ({n},), got {a.dtype} {a.shape}")
@@ -558,11 +553,23 @@ def _two_pass(
     )
 
 
+def _checked_detection_args(
+    labels: Any, n: int, num_classes: Any, k: Any, balance: Any, weighting: Any,
+    k_max: int | None = None,
+) -> tuple[np.ndarray, int, int]:
+    """The checks both detection entry points share: (labels copy, num_classes, k)."""
+    check_choice("balance", balance, BALANCE_CHOICES)
+    check_choice("weighting", weighting, WEIGHTING_CHOICES)
+    c = _check_num_classes(num_classes)
+    y = check_labels(labels, n, c)
+    return y, c, _resolve_k(k, y, n, k_max)
+
+
 def detect_from_neighbors(
     neighbors: Neighbors,
     labels: Any,
     num_classes: int,
-    k: int = 250,
+    k: int | None = None,
     balance: str = "median",
     *,
     weighting: str = "none",
@@ -570,14 +577,13 @@ def detect_from_neighbors(
     """Two-pass detection from precomputed neighbours, using their first ``k`` columns.
 
     Cheap enough to re-run per ``k`` (a k slider): one search at k_max, then this for any
-    k <= k_max. weighting: "none" (release) or "similarity" (deviation, see
-    :func:`soft_labels_from_neighbors`). The given labels are read, never modified.
+    k <= k_max (None: validation.default_k of the labels, within k_max). weighting: "none"
+    (release) or "similarity" (deviation, see :func:`soft_labels_from_neighbors`). The given
+    labels are read, never modified.
     """
-    balance = _check_choice("balance", balance, BALANCE_CHOICES)
-    c = _check_num_classes(num_classes)
     idx = _check_neighbor_indices(neighbors.indices)
-    k = _check_k_for_neighbors(k, idx.shape[1])
-    y = _check_labels(labels, idx.shape[0], c)
+    y, c, k = _checked_detection_args(labels, idx.shape[0], num_classes, k, balance, weighting,
+                                      k_max=idx.shape[1])
     sims = None
     if weighting != "none":
         sims = torch.from_numpy(np.asarray(neighbors.similarities, dtype=np.float32))
@@ -589,31 +595,24 @@ def detect_noise(
     features: Any,
     labels: Any,
     num_classes: int,
-    k: int = 250,
+    k: int | None = None,
     balance: str = "median",
     *,
     backend: str = "auto",
-    neighbors: Neighbors | None = None,
     weighting: str = "none",
     progress: bool = False,
 ) -> Detection:
-    """Spec §3 detection: kNN search on ``features`` (N, d), then :func:`detect_from_neighbors`.
+    """Spec §3 detection: kNN search on ``features`` (N, d), then the two passes and the
+    selection (as :func:`detect_from_neighbors`, which skips the search).
 
-    With ``neighbors`` given the search is skipped (``features`` may then be None). A CUDA
-    tensor of features is searched and scored entirely on its GPU. Labels (N,) in
-    [0, num_classes) are never modified.
+    k: neighbours (None: validation.default_k of the labels; a run's detection uses its
+    config's k). A CUDA tensor of features is searched and scored entirely on its GPU. Labels
+    (N,) in [0, num_classes) are never modified.
     """
-    balance = _check_choice("balance", balance, BALANCE_CHOICES)
-    _check_choice("weighting", weighting, WEIGHTING_CHOICES)
-    if neighbors is not None:
-        return detect_from_neighbors(
-            neighbors, labels, num_classes, k, balance, weighting=weighting
-        )
-    if features is None:
-        raise ValueError("detect_noise needs features (N, d) or precomputed neighbors")
-    x = _check_features(features)
-    c = _check_num_classes(num_classes)
-    y = _check_labels(labels, int(x.shape[0]), c)
+    x = check_features(features, keep_tensor=True)
+    n = int(x.shape[0])
+    y, c, k = _checked_detection_args(labels, n, num_classes, k, balance, weighting)
+    check_choice("backend", backend, BACKEND_CHOICES)
     idx, sims = _knn(x, k, backend, None, progress)
     w = _vote_weights(sims, k, weighting)
     return _two_pass(idx, torch.from_numpy(y).to(idx.device), c, k, balance, w)
@@ -622,26 +621,42 @@ def detect_noise(
 # --------------------------------------------------------------------------- evaluation
 
 
-def detection_metrics(clean_pred: Any, is_noisy: Any, discrepancy: Any = None) -> dict[str, float]:
-    """How well a clean selection finds the NOISY samples (predicted noisy = ~clean_pred).
+def prf(tp: Any, fp: Any, fn: Any) -> tuple[Any, Any, Any]:
+    """Precision, recall and F1 from true-positive, false-positive and false-negative counts
+    (scalars or arrays, e.g. per class); NaN where a ratio is undefined (0 / 0)."""
+    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), np.nan)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+    if precision.ndim == 0:
+        return float(precision), float(recall), float(f1)
+    return precision, recall, f1
 
-    Returns precision, recall, f1 (noisy class; NaN when undefined), selected_frac (fraction
-    marked clean), selected_noise_rate (fraction of noisy among those marked clean) and auroc
-    of ``discrepancy`` as a noise score (NaN without it or when only one class is present).
+
+def detection_counts(clean: Any, is_noisy: Any) -> dict[str, int]:
+    """The confusion counts of a clean selection as a detector of the NOISY samples (a sample
+    not selected as clean is predicted noisy): tp, fp, fn, tn."""
+    c = check_mask(clean, None, "clean")
+    noisy = check_mask(is_noisy, c.shape[0], "is_noisy")
+    issue = ~c
+    tp = int(np.count_nonzero(issue & noisy))
+    fp = int(np.count_nonzero(issue)) - tp
+    fn = int(np.count_nonzero(noisy)) - tp
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": c.size - tp - fp - fn}
+
+
+def detection_metrics(clean: Any, is_noisy: Any, discrepancy: Any = None) -> dict[str, float]:
+    """How well a clean selection finds the NOISY samples (predicted noisy = ~clean).
+
+    Returns precision, recall, f1 (noisy class, :func:`prf`; NaN when undefined),
+    selected_frac (fraction selected as clean), selected_noise_rate (fraction of noisy among
+    those selected as clean) and auroc of ``discrepancy`` as a noise score (NaN without it or
+    when only one class is present).
     """
-    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score  # noqa: PLC0415
-
-    clean = np.asarray(clean_pred)
-    noisy = np.asarray(is_noisy)
-    if clean.ndim != 1 or clean.shape != noisy.shape:
-        raise ValueError(
-            f"clean_pred and is_noisy must be 1-D of equal length, got {clean.shape}, {noisy.shape}"
-        )
-    if clean.dtype != np.bool_ or noisy.dtype != np.bool_:
-        raise ValueError("clean_pred and is_noisy must be bool arrays (True = clean / noisy)")
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        noisy, ~clean, average="binary", pos_label=True, zero_division=np.nan
-    )
+    counts = detection_counts(clean, is_noisy)
+    noisy = np.asarray(is_noisy, dtype=bool)
+    precision, recall, f1 = prf(counts["tp"], counts["fp"], counts["fn"])
     auroc = float("nan")
     if discrepancy is not None:
         score = np.asarray(discrepancy, dtype=np.float64)
@@ -649,12 +664,13 @@ def detection_metrics(clean_pred: Any, is_noisy: Any, discrepancy: Any = None) -
             raise ValueError(f"discrepancy must have shape {noisy.shape}, got {score.shape}")
         if 0 < noisy.sum() < noisy.size:
             auroc = float(roc_auc_score(noisy, score))
-    n_sel = int(clean.sum())
+    n = noisy.size
+    n_sel = counts["fn"] + counts["tn"]
     return {
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "auroc": auroc,
-        "selected_frac": n_sel / clean.size if clean.size else float("nan"),
-        "selected_noise_rate": float(noisy[clean].mean()) if n_sel else float("nan"),
+        "selected_frac": n_sel / n if n else float("nan"),
+        "selected_noise_rate": counts["fn"] / n_sel if n_sel else float("nan"),
     }

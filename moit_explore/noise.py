@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moit_explore.validation import check_float, check_int, check_labels
+
 __all__ = [
     "ASYMMETRIC_DATASETS",
     "CIFAR10_FLIP_MAP",
@@ -120,41 +122,11 @@ class NoisyLabels:
 
 
 def _check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 (label noise needs a wrong class), "
-                         f"got {num_classes}")
-    return int(num_classes)
-
-
-def _check_labels(labels, num_classes: int, what: str = "labels") -> np.ndarray:
-    """A validated int64 COPY of ``labels``: 1-D, integer, every value in [0, num_classes)."""
-    if hasattr(labels, "detach"):  # a torch tensor
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"{what} must be a 1-D array of class indices, got shape {arr.shape}")
-    if arr.size and arr.dtype.kind not in "iu":
-        raise ValueError(f"{what} must be integer class indices, got dtype {arr.dtype}; "
-                         f"convert with labels.astype(np.int64) if the values are whole numbers")
-    arr = arr.astype(np.int64, copy=True)
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        bad = arr[(arr < 0) | (arr >= num_classes)]
-        raise ValueError(f"{what} must lie in [0, {num_classes}) for num_classes={num_classes}; "
-                         f"found {bad.size} value(s) outside, e.g. {int(bad[0])}")
-    return arr
+    return check_int("num_classes", num_classes, 2)  # label noise needs a wrong class
 
 
 def _check_rate(rate: float) -> float:
-    try:
-        r = float(rate)
-    except (TypeError, ValueError):
-        raise ValueError(f"rate must be a number in [0, 1), got {rate!r}") from None
-    if not (0.0 <= r < 1.0) or math.isnan(r):
-        raise ValueError(f"rate must be in [0, 1) (the fraction of labels to corrupt), "
-                         f"got {rate!r}")
-    return r
+    return check_float("rate", rate, 0.0, 1.0, high_open=True)
 
 
 def _check_flip_map(flip_map: dict, num_classes: int) -> dict[int, int]:
@@ -220,7 +192,7 @@ def cifar100_flip_map(coarse_labels=None, fine_labels=None,
     if fine_labels is None:
         raise ValueError("coarse_labels need the matching fine labels to define the grouping")
     fine = np.asarray(fine_labels, dtype=np.int64)
-    coarse = _check_labels(coarse_labels, np.iinfo(np.int64).max, "coarse_labels")
+    coarse = check_labels(coarse_labels, name="coarse_labels")
     if coarse.shape != fine.shape:
         raise ValueError(f"coarse_labels has {coarse.shape[0]} entries but the labels have "
                          f"{fine.shape[0]}; pass the coarse label of every sample")
@@ -291,7 +263,7 @@ def inject_noise(clean_labels, kind: str, rate: float, num_classes: int, seed: i
     Returns a :class:`NoisyLabels`; ``clean_labels`` itself is never modified.
     """
     num_classes = _check_num_classes(num_classes)
-    clean = _check_labels(clean_labels, num_classes)
+    clean = check_labels(clean_labels, num_classes=num_classes)
     rate = _check_rate(rate)
     kind = str(kind).strip().lower() if isinstance(kind, str) else kind
     if kind not in NOISE_KINDS:
@@ -428,12 +400,12 @@ def labels_from_file(path: str | Path, clean_labels, num_classes: int) -> NoisyL
     """Given labels read from ``path`` (see :func:`read_label_file`) paired with the clean ones
     (kind "file"; ``rate`` is the realised wrong fraction, ``seed`` is -1)."""
     num_classes = _check_num_classes(num_classes)
-    clean = _check_labels(clean_labels, num_classes, "clean_labels")
+    clean = check_labels(clean_labels, num_classes=num_classes, name="clean_labels")
     raw = read_label_file(path)
     if raw.shape[0] != clean.shape[0]:
         raise ValueError(f"{path}: has {raw.shape[0]} labels but the training set has "
                          f"{clean.shape[0]}; expected length {clean.shape[0]}")
-    noisy = _check_labels(raw, num_classes, f"labels in {path}")
+    noisy = check_labels(raw, num_classes=num_classes, name=f"labels in {path}")
     is_noisy = noisy != clean
     return NoisyLabels(
         noisy=noisy,

@@ -40,7 +40,7 @@ def test_dry_run_parses_types(capsys, tmp_path):
     (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
     (["--rate", "1.5"], "rate must be in"),
     (["--rate", "abc"], "expected a number"),
-    (["--k", "400"], "k=400 must be smaller than the number of training images (400)"),
+    (["--k", "400"], "k=400 is out of range for N=400 training images"),
     (["--method", "moitt"], "invalid choice: 'moitt'"),
     (["--lr-milestones", "a,b"], "comma list of integers"),
     (["--epochs", "0"], "epochs must be >= 1"),
@@ -55,7 +55,7 @@ def test_invalid_input_fails_before_training(capsys, tmp_path, argv, message):
 def test_k_checked_against_the_loaded_data_before_training(capsys, tmp_path):
     rc, _, err = run_cli(capsys, "train", "--preset", "smoke", "--runs-root", tmp_path,
                          "--n-train", "none", "--k", "2000")
-    assert rc == 2 and "k=2000 must be smaller than the number of training images (1437)" in err
+    assert rc == 2 and "k=2000 is out of range for N=1437 training images" in err
     assert list(tmp_path.iterdir()) == []
 
 
