@@ -25,7 +25,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from moit_explore import config as cfg_mod
+from moit_explore import datasets, demo, detection, label_issues, reports, runs, train
+from moit_explore.validation import BACKEND_CHOICES, BALANCE_CHOICES
 
 __all__ = ["build_parser", "main"]
 
@@ -123,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train MOIT or a baseline. Every TrainConfig field is a "
                                    "flag; --preset picks the starting values.")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its checkpoint "
-                   "(only --epochs, --progress, --device, ... may change)")
+                   "(only --epochs, --progress, --device, ... may change); a MOIT+ run: "
+                   "--resume RUN_DIR/finetune")
     t.add_argument("--dry-run", action="store_true",
                    help="print the validated configuration and exit")
     _add_fields(t, cfg_mod.TrainConfig)
@@ -135,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("finetune", help="MOIT+: fine-tune a finished run on its clean samples",
                        description="MOIT+ (spec §4) from RUN_DIR's final weights and last "
-                                   "detection; writes RUN_DIR/finetune/.")
+                                   "detection; writes RUN_DIR/finetune/ (continue an "
+                                   "interrupted one: train --resume RUN_DIR/finetune).")
     f.add_argument("run_dir", metavar="RUN_DIR")
     f.add_argument("--preset", choices=list(cfg_mod.FINETUNE_PRESETS),
                    help="fine-tuning preset (default: the one matching the run's preset)")
@@ -144,9 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("detect", help="re-run the noise detection on a run's final features")
     d.add_argument("run_dir", metavar="RUN_DIR")
     d.add_argument("--k", type=_int, default=None, help="neighbours (default: the run's k)")
-    d.add_argument("--balance", choices=list(cfg_mod.BALANCE_CHOICES), default=None,
+    d.add_argument("--balance", choices=list(BALANCE_CHOICES), default=None,
                    help="class balancing (default: the run's)")
-    d.add_argument("--backend", choices=list(cfg_mod.BACKEND_CHOICES), default="auto")
+    d.add_argument("--backend", choices=list(BACKEND_CHOICES), default="auto")
     d.add_argument("--out", metavar="FILE.npz", default=None,
                    help="also write the detection to this NEW file (never overwritten)")
     d.add_argument("--csv", metavar="FILE.csv", default=None,
@@ -180,8 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from moit_explore import train
-
     given = _given(args, cfg_mod.TrainConfig)
     if args.resume:
         bad = sorted(set(given) - set(train.RESUMABLE_FIELDS))
@@ -208,8 +212,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(path: Path) -> None:
-    from moit_explore import runs
-
     m = runs.load_run(path).metrics
     if len(m):
         last = m.iloc[-1]
@@ -218,8 +220,6 @@ def _print_summary(path: Path) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from moit_explore import runs, train
-
     given = _given(args, cfg_mod.FinetuneConfig)
     base = runs.load_run(args.run_dir).config
     name = args.preset or cfg_mod.finetune_preset_for(base.get("preset"), base.get("rate"),
@@ -231,17 +231,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from moit_explore import detection, runs
-
     run = runs.load_run(args.run_dir)
     final = run.final()
-    k = args.k if args.k is not None else int(run.config.get("k", 250))
+    k = args.k if args.k is not None else run.k  # detect_noise checks it against the data
     balance = args.balance or run.config.get("balance", "median")
-    n = len(final["labels_given"])
-    if not 1 <= k < n:
-        raise ValueError(f"--k {k} must be in [1, {n - 1}] for the {n} training images")
     for flag, out in (("--out", args.out), ("--csv", args.csv)):
         if out and Path(out).exists():
             raise FileExistsError(f"{out} exists; pass a new file name to {flag} (this command "
@@ -250,99 +243,67 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     det = detection.detect_noise(final["features"].astype(np.float32), given,
                                  int(run.config.get("num_classes", int(given.max()) + 1)), k=k,
                                  balance=balance, backend=args.backend)
-    print(f"{run.path}: detection on the final features, k={k}, balance={balance}")
-    if run.config.get("true_labels_known", True):
+    print(f"{run.path}: detection on the final features, k={det.k}, balance={balance}")
+    if run.true_labels_known:
         is_noisy = final["labels_given"] != final["labels_true"]
-        met = detection.detection_metrics(np.asarray(det.clean, bool), is_noisy,
-                                          det.discrepancy)
+        met = detection.detection_metrics(det.clean, is_noisy, det.discrepancy)
         for key, v in met.items():
             print(f"  {key:20s} {v:.4f}")
     else:
         print(f"  selected_frac        {float(np.mean(det.clean)):.4f} (true labels unknown)")
     if args.out:
-        np.savez(args.out, clean=np.asarray(det.clean, bool), discrepancy=det.discrepancy,
-                 soft_labels=det.soft_labels, corrected_labels=det.corrected_labels, k=k,
+        np.savez(args.out, clean=det.clean, discrepancy=det.discrepancy,
+                 soft_labels=det.soft_labels, corrected_labels=det.corrected_labels, k=det.k,
                  balance=balance)
         print(f"wrote {args.out}")
     if args.csv:
-        from moit_explore import analysis
-
         # an image folder is re-read for the file paths, so the table names each image
         paths = (run.dataset().train_paths
                  if str(run.config.get("dataset", "")).startswith("imagefolder:") else None)
-        table = analysis.label_issues_table(given, detection=det, class_names=run.classes or None,
-                                            paths=paths)
-        analysis.export_label_issues(table, args.csv)
+        table = label_issues.detection_issues_table(det, given, class_names=run.classes or None,
+                                                    paths=paths)
+        label_issues.export_label_issues(table, args.csv)
         print(f"wrote {args.csv}: {int(table['is_label_issue'].sum())} of {len(table)} images "
-              "flagged, worst first")
+              "are label issues, worst first")
     return 0
 
 
-def report_table(run_dirs: list[str | Path]) -> Any:
-    """A DataFrame with one row per run (and per finetune/ inside it)."""
-    import pandas as pd
-
-    from moit_explore import runs
-
-    rows = []
-    for d in run_dirs:
-        run = runs.load_run(d)
-        todo = [run] + ([run.finetune()] if run.has_finetune else [])
-        for r in todo:
-            m, c = r.metrics, r.config
-            last = m.iloc[-1] if len(m) else {}
-
-            def get(key: str, row: Any = last) -> float:
-                v = row.get(key) if hasattr(row, "get") else None
-                return float(v) if v is not None else float("nan")
-
-            rows.append({
-                "run": str(r.path), "method": c.get("method"), "noise": c.get("noise"),
-                "rate": c.get("rate"), "epochs": int(last["epoch"]) if len(m) else 0,
-                "test_acc_last": get("test_acc"),
-                "test_acc_best": float(m["test_acc"].max()) if "test_acc" in m else float("nan"),
-                "det_precision": get("det_precision"), "det_recall": get("det_recall"),
-                "det_f1": get("det_f1"),
-            })
-    return pd.DataFrame(rows)
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
-    table = report_table(args.run_dirs)
-    text = table.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() \
-        else table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    loaded = [runs.load_run(d) for d in args.run_dirs]
+    table = reports.summarize_runs({str(r.path): r for f in loaded for r in _with_finetune(f)})
+    text = table.to_markdown(floatfmt=".4f") if _has_tabulate() \
+        else table.to_string(float_format=lambda v: f"{v:.4f}")
     print(text)
     if args.out:
-        from moit_explore import demo, runs
-
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(text + "\n")
-        written = demo.write_figures([runs.load_run(d) for d in args.run_dirs], out)
+        written = demo.write_figures(loaded, out)
         for p in written:
             print(f"wrote {p}")
     return 0
 
 
+def _with_finetune(run: runs.Run) -> list[runs.Run]:
+    """The run, and its MOIT+ run when it has one."""
+    return [run, run.finetune()] if run.has_finetune else [run]
+
+
 def _has_tabulate() -> bool:
     try:
-        import tabulate  # noqa: F401
+        import tabulate  # noqa: F401, PLC0415 -- optional: pandas' to_markdown needs it
     except ImportError:
         return False
     return True
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from moit_explore import demo
-
     demo.run_demo(root=args.root, name=args.name, preset=args.preset, noise=args.noise,
                   rate=args.rate, progress=args.progress)
     return 0
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from moit_explore import datasets
-
     print(datasets.fetch(args.name, args.root))
     return 0
 
@@ -379,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with: python -m moit_explore train --resume RUN_DIR",
+        run_dir = "RUN_DIR"
+        if args.command == "finetune":  # MOIT+ resumes from its own folder
+            run_dir = str(Path(args.run_dir) / getattr(args, "name", "finetune"))
+        print(f"interrupted; continue with: python -m moit_explore train --resume {run_dir}",
               file=sys.stderr)
         return 130

@@ -20,13 +20,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from moit_explore import config, datasets, noise, runs, train
+
 __all__ = [
     "SMOKE",
     "course_run",
     "data_root",
     "expected_time",
-    "folder_features",
-    "k_for",
+    "folder_run",
     "preset",
     "project_root",
     "run_data",
@@ -91,12 +96,6 @@ def write_demo_imagefolder(folder: str | Path, *, per_class: int = 40, n_misfile
     T-shirt/top, Trouser, Sandal, Bag: distinct enough that a short training separates them).
     Returns a DataFrame of the misfiled images: path, true class, folder class.
     """
-    import numpy as np
-    import pandas as pd
-    from PIL import Image
-
-    from moit_explore import datasets
-
     if per_class < 2 or n_misfiled < 1 or n_misfiled > per_class * len(classes) // 4:
         raise ValueError(f"need per_class >= 2 and 1 <= n_misfiled <= a quarter of the images "
                          f"({per_class * len(classes) // 4}); got per_class={per_class}, "
@@ -178,8 +177,6 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
     Training writes to a temporary folder renamed into place at the end, so an interrupted
     run is never mistaken for a cached one. Returns a :class:`moit_explore.runs.Run`.
     """
-    from moit_explore import config, runs, train
-
     preset_name = preset or _default_preset()
     if method == "moit+":
         base = course_run("moit", noise, rate, preset_name, progress=progress, **overrides)
@@ -222,46 +219,41 @@ def _train_into(target: Path, expected: dict, fit: Callable[[Path], Any],
 _default_preset = preset  # course_run's argument ``preset`` shadows the function inside it
 
 
-def k_for(preset_name: str | None = None) -> int:
-    """The detection's k of a preset (default :func:`preset`): what its runs used."""
-    from moit_explore.config import PRESETS
-
-    name = preset_name or _default_preset()
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return int(PRESETS[name]["k"])
-
-
 def run_data(run):
     """The training and test images of ``run`` (a runs.Run), in the run's order: the same
     subset, so ``run_data(run).train_images[i]`` is the image of the run's sample ``i``."""
     return run.dataset()
 
 
-def folder_features(bundle, preset: str | None = None, *, progress: bool = True, **overrides):
-    """Train MOIT on a user's image folder (a datasets.DatasetBundle from
-    ``load_dataset("imagefolder:...")``, whose folder labels are the given labels) and return
-    the final embeddings (N, D) float32 that the label-issue finder searches.
+def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
+               progress: bool = True, **overrides: Any) -> runs.Run:
+    """MOIT trained on a user's image folder (a datasets.DatasetBundle from
+    ``load_dataset("imagefolder:...")``, whose folder labels are the given labels): the run,
+    whose ``final()["features"]`` the label-issue finder searches with the run's ``k``.
 
-    preset: default :func:`preset`; overrides: TrainConfig fields. The run is cached under
-    ``runs/course/folders/`` by a hash of the images, labels and settings.
+    The run records the folder it trained on (its config.json's dataset, image size and
+    channels), so ``run.dataset()`` reloads those images. preset: default :func:`preset`;
+    overrides: TrainConfig fields. The run is cached under ``runs/course/folders/`` by a hash
+    of the images, labels and settings.
     """
-    import numpy as np
-
-    from moit_explore import config, noise, runs, train
-
+    if not bundle.name.startswith("imagefolder:"):
+        raise ValueError(f"folder_run trains on an image folder (load_dataset('imagefolder:"
+                         f"<path>')), got the data set {bundle.name!r}; use course_run for it")
     preset_name = preset or _default_preset()
     labels = np.asarray(bundle.train_labels, dtype=np.int64)
     digest = hashlib.sha1(np.ascontiguousarray(bundle.train_images).tobytes())
     digest.update(labels.tobytes())
     digest.update(json.dumps([preset_name, overrides], sort_keys=True, default=str).encode())
     target = runs_dir() / "folders" / f"{preset_name}-{digest.hexdigest()[:12]}"
+    height, _, channels = bundle.image_shape
     settings = {"method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
-                "n_test": None, "k": min(k_for(preset_name), len(labels) - 1), **overrides}
+                "n_test": None, "dataset": bundle.name, "image_size": height,
+                "image_channels": channels,
+                "k": min(config.preset(preset_name).k, len(labels) - 1), **overrides}
     expected = config.preset(preset_name, **settings).to_dict()
     if not _cached(target, expected):
         # no noise to inject: the folder labels are what the detector questions
         clean = noise.inject_noise(labels, "none", 0.0, bundle.num_classes)
         _train_into(target, expected, lambda tmp: train.train(
             out_dir=tmp, preset=preset_name, progress=progress, data=(bundle, clean), **settings))
-    return runs.load_run(target).final()["features"].astype(np.float32)
+    return runs.load_run(target)

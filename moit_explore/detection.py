@@ -41,6 +41,7 @@ from moit_explore.validation import (
     check_k,
     check_labels,
     check_mask,
+    check_num_classes,
     default_k,
 )
 
@@ -103,10 +104,6 @@ class Detection:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_num_classes(num_classes: Any) -> int:
-    return check_int("num_classes", num_classes, 1)
 
 
 def _check_neighbor_indices(indices: Any) -> np.ndarray:
@@ -414,7 +411,7 @@ def soft_labels_from_neighbors(
     needs ``similarities`` (N, k_max)). Returns float32 rows summing to 1.
     """
     idx = _check_neighbor_indices(neighbor_indices)
-    c = _check_num_classes(num_classes)
+    c = check_num_classes(num_classes)
     n, k_max = idx.shape
     k = k_max if k is None else check_k(k, n, k_max=k_max)
     y = check_labels(labels, n, c)
@@ -440,7 +437,7 @@ def knn_soft_labels(
     features (N, d), labels (N,) -> float32 (N, C). See :func:`knn_search` for ``backend``.
     """
     x = check_features(features, keep_tensor=True)
-    c = _check_num_classes(num_classes)
+    c = check_num_classes(num_classes)
     y = check_labels(labels, int(x.shape[0]), c)
     k = check_k(k, int(x.shape[0]))
     check_choice("backend", backend, BACKEND_CHOICES)
@@ -456,7 +453,7 @@ def majority_vote(
     (Q, k_max) indices into ``labels`` (N,) -> int64 (Q,). Ties go to the lowest class index
     (the pass-1 corrected label of the detection is this vote)."""
     idx = _check_neighbor_indices(neighbor_indices)
-    c = _check_num_classes(num_classes)
+    c = check_num_classes(num_classes)
     k = idx.shape[1] if k is None else check_k(k, idx.shape[0], k_max=idx.shape[1])
     y = check_labels(labels, None, c)
     return _label_counts(torch.from_numpy(idx), torch.from_numpy(y), c, k).argmax(dim=1).numpy()
@@ -505,7 +502,7 @@ def select_clean(
     samples of smallest discrepancy, ties broken by dataset index. "none": clean = agree.
     """
     balance = check_choice("balance", balance, BALANCE_CHOICES)
-    c = _check_num_classes(num_classes)
+    c = check_num_classes(num_classes)
     d = np.asarray(discrepancy, dtype=np.float32)
     if d.ndim != 1:
         raise ValueError(f"discrepancy must be 1-D (N,), got shape {d.shape}")
@@ -529,9 +526,11 @@ def _two_pass(
     num_classes: int,
     k: int,
     balance: str,
-    weights: torch.Tensor | None,
+    similarities: torch.Tensor | None,
+    weighting: str,
 ) -> Detection:
     """Both passes and the selection on ``idx``'s device; returns NumPy arrays."""
+    weights = _vote_weights(similarities, k, weighting)
     counts1 = _label_counts(idx, labels, num_classes, k, weights)
     corrected = counts1.argmax(dim=1)  # first maximum: ties go to the lowest class index
     counts2 = _label_counts(idx, corrected, num_classes, k, weights)
@@ -560,7 +559,7 @@ def _checked_detection_args(
     """The checks both detection entry points share: (labels copy, num_classes, k)."""
     check_choice("balance", balance, BALANCE_CHOICES)
     check_choice("weighting", weighting, WEIGHTING_CHOICES)
-    c = _check_num_classes(num_classes)
+    c = check_num_classes(num_classes)
     y = check_labels(labels, n, c)
     return y, c, _resolve_k(k, y, n, k_max)
 
@@ -584,20 +583,17 @@ def detect_from_neighbors(
     idx = _check_neighbor_indices(neighbors.indices)
     y, c, k = _checked_detection_args(labels, idx.shape[0], num_classes, k, balance, weighting,
                                       k_max=idx.shape[1])
-    sims = None
-    if weighting != "none":
-        sims = torch.from_numpy(np.asarray(neighbors.similarities, dtype=np.float32))
-    w = _vote_weights(sims, k, weighting)
-    return _two_pass(torch.from_numpy(idx), torch.from_numpy(y), c, k, balance, w)
+    sims = torch.from_numpy(np.asarray(neighbors.similarities, dtype=np.float32))
+    return _two_pass(torch.from_numpy(idx), torch.from_numpy(y), c, k, balance, sims, weighting)
 
 
 def detect_noise(
     features: Any,
     labels: Any,
     num_classes: int,
+    *,
     k: int | None = None,
     balance: str = "median",
-    *,
     backend: str = "auto",
     weighting: str = "none",
     progress: bool = False,
@@ -614,8 +610,7 @@ def detect_noise(
     y, c, k = _checked_detection_args(labels, n, num_classes, k, balance, weighting)
     check_choice("backend", backend, BACKEND_CHOICES)
     idx, sims = _knn(x, k, backend, None, progress)
-    w = _vote_weights(sims, k, weighting)
-    return _two_pass(idx, torch.from_numpy(y).to(idx.device), c, k, balance, w)
+    return _two_pass(idx, torch.from_numpy(y).to(idx.device), c, k, balance, sims, weighting)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -353,6 +353,17 @@ class Run:
     def method(self) -> str:
         return str(self.config.get("method", "?"))
 
+    @property
+    def k(self) -> int | None:
+        """The k of the run's kNN detection (config.json), None when it recorded none."""
+        k = self.config.get("k")
+        return None if k is None else int(k)
+
+    @property
+    def true_labels_known(self) -> bool:
+        """False for data whose true labels nobody knows (an image folder's labels as given)."""
+        return bool(self.config.get("true_labels_known", True))
+
     def snapshot(self, epoch: int) -> dict[str, np.ndarray]:
         """Arrays of ``embeddings/epoch_XXXX.npz`` (features float16, labels, epoch)."""
         if int(epoch) not in self.snapshot_epochs:
@@ -389,10 +400,13 @@ class Run:
                 f"snapshots={self.snapshot_epochs})")
 
 
-def load_run(path: str | Path) -> Run:
-    """Read a run directory written by :func:`moit_explore.train.train` (or its finetune/)."""
+def load_run(path: str | Path | Run) -> Run:
+    """Read a run directory written by :func:`moit_explore.train.train` (or its finetune/);
+    a Run already read is returned as it is."""
     from moit_explore import noise as noise_mod
 
+    if isinstance(path, Run):
+        return path
     path = Path(path).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"run directory {path} does not exist; pass a folder written by "

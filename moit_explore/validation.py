@@ -31,6 +31,7 @@ __all__ = [
     "check_k",
     "check_labels",
     "check_mask",
+    "check_num_classes",
     "default_k",
 ]
 
@@ -151,6 +152,20 @@ def check_labels(labels: Any, n: int | None = None, num_classes: int | None = No
                          f"i.e. in [0, {num_classes - 1}]; found {bad.size} value(s) outside, "
                          f"e.g. {int(bad[0])}: pass the right num_classes or remap the labels")
     return y
+
+
+def check_num_classes(num_classes: Any, *labels: np.ndarray | None) -> int:
+    """The number of classes: ``num_classes`` (an integer >= 1 covering every label given), or
+    with None, one more than the largest of the (checked) ``labels``."""
+    top = max((int(y.max()) + 1 for y in labels if y is not None and y.size), default=0)
+    if num_classes is None:
+        if not labels:
+            raise ValueError("num_classes is required")
+        return max(top, 1)
+    c = check_int("num_classes", num_classes, 1)
+    if c < top:
+        raise ValueError(f"labels go up to {top - 1} but num_classes={c}; pass num_classes>={top}")
+    return c
 
 
 def check_features(features: Any, name: str = "features", *, keep_tensor: bool = False) -> Any:

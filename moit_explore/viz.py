@@ -1,8 +1,9 @@
 """Plots for the course and the demo (matplotlib; safe under the Agg backend).
 
 Every function returns the matplotlib Figure it drew on. Functions drawing a single panel take
-an optional ``ax`` (drawn into, its figure returned); without one they make a new figure with
-pyplot, so a notebook shows it inline. Inputs are NumPy arrays, DataFrames from
+an optional ``ax`` (drawn into, its figure returned), grids an optional ``fig`` (its subplots
+are made there); without them they make a new figure with pyplot, so a notebook shows it
+inline (the widgets pass pyplot-free figures). Inputs are NumPy arrays, DataFrames from
 :mod:`moit_explore.analysis`, or runs.Run objects.
 """
 
@@ -11,8 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
+
+from moit_explore import detection, reports
 
 __all__ = [
     "plot_collapse_over_epochs",
@@ -35,38 +41,28 @@ __all__ = [
 CLEAN_COLOR, NOISY_COLOR = "tab:blue", "tab:red"
 
 
-def _plt():
-    import matplotlib.pyplot as plt  # noqa: PLC0415 -- keep `import moit_explore` light
-
-    return plt
-
-
 def _fig_ax(ax: Any = None, figsize: tuple[float, float] = (5.0, 4.0)):
     if ax is not None:
         return ax.figure, ax
-    fig, ax = _plt().subplots(figsize=figsize, layout="constrained")
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
     return fig, ax
 
 
-def _grid(n: int, ncols: int, panel: float = 1.6, extra_h: float = 0.0):
+def _grid(n: int, ncols: int, panel: float = 1.6, extra_h: float = 0.0, fig: Any = None):
+    """A grid of n panels: in ``fig`` (resized to fit) when given, else a new pyplot figure."""
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig, axes = _plt().subplots(nrows, ncols, figsize=(panel * ncols, (panel + extra_h) * nrows),
-                                squeeze=False, layout="constrained")
+    size = (panel * ncols, (panel + extra_h) * nrows)
+    if fig is None:
+        fig = plt.figure(figsize=size, layout="constrained")
+    else:
+        fig.set_size_inches(*size)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes.ravel()
 
 
 def _name(classes: Sequence[str] | None, c: int) -> str:
     return str(classes[c]) if classes is not None and 0 <= c < len(classes) else str(c)
-
-
-def _metrics_of(run: Any) -> pd.DataFrame:
-    if isinstance(run, pd.DataFrame):
-        return run
-    metrics = getattr(run, "metrics", None)
-    if isinstance(metrics, pd.DataFrame):
-        return metrics
-    raise ValueError(f"expected a runs.Run or its metrics DataFrame, got {type(run).__name__}")
 
 
 def _as_images(images: Any) -> np.ndarray:
@@ -118,8 +114,6 @@ def plot_embedding(
         raise ValueError(f"{y.shape[0]} labels for {coords.shape[0]} points")
     fig, ax = _fig_ax(ax)
     n_classes = int(y.max()) + 1 if y.size else 1
-    import matplotlib  # noqa: PLC0415 -- no pyplot: widgets draw on pyplot-free figures
-
     cmap = matplotlib.colormaps["tab10" if n_classes <= 10 else "tab20"]
     ax.scatter(coords[:, 0], coords[:, 1], c=y % cmap.N, cmap=cmap, vmin=0, vmax=cmap.N - 1,
                s=point_size, linewidths=0)
@@ -132,8 +126,6 @@ def plot_embedding(
         ax.scatter(coords[noisy, 0], coords[noisy, 1], marker="x", c="black", alpha=0.45,
                    s=point_size * 1.2, linewidths=0.4, label="noisy label")
     if legend if legend is not None else n_classes <= 20:
-        from matplotlib.lines import Line2D  # noqa: PLC0415
-
         handles = [Line2D([], [], marker="o", ls="", color=cmap(c % cmap.N),
                           label=_name(classes, c)) for c in np.unique(y)]
         if is_noisy is not None:
@@ -213,17 +205,17 @@ def plot_soft_label_histograms(
 ):
     """Histograms of the soft-label probability of the given label, clean vs noisy samples.
 
-    p_given (N,) and is_noisy (N,), or the DataFrame of analysis.sample_table (its p_given and
-    is_noisy columns).
+    p_given (N,) and is_noisy (N,), or a label-issue table (analysis.detection_issues_table:
+    its label_quality and is_noisy columns).
     """
     if isinstance(p_given, pd.DataFrame):
         table = p_given
         if is_noisy is None:
             if "is_noisy" not in table:
                 raise ValueError("the table has no is_noisy column (true labels unknown); pass "
-                                 "is_noisy, e.g. ~clean_selected")
+                                 "is_noisy, e.g. the table's is_label_issue")
             is_noisy = table["is_noisy"].to_numpy()
-        p_given = table["p_given"].to_numpy()
+        p_given = table["label_quality"].to_numpy()
     if is_noisy is None:
         raise ValueError("pass is_noisy (N,) to split clean from noisy samples")
     p = np.asarray(p_given, dtype=np.float64)
@@ -236,16 +228,20 @@ def plot_soft_label_histograms(
 
 
 def plot_discrepancy_histograms(
-    discrepancy: Any, is_noisy: Any, *, bins: int = 30, ax: Any = None,
-    labels: tuple[str, str] = ("clean", "noisy"),
+    discrepancy: Any, is_noisy: Any, *, bins: int | Sequence[float] = 30, ax: Any = None,
+    labels: tuple[str, str] = ("clean", "noisy"), title: str | None = None,
 ):
-    """Histograms of the discrepancy d = -log p2(given) for the two groups of ``is_noisy``."""
+    """Histograms of the discrepancy d = -log p2(given) for the two groups of ``is_noisy``
+    (the second group is True). bins: a number of bins from 0 to the largest d, or the edges."""
     d = np.asarray(discrepancy, dtype=np.float64)
     fig, ax = _fig_ax(ax)
-    top = max(float(d.max()) if d.size else 1.0, 1e-3)
-    _clean_noisy_hist(ax, d, np.asarray(is_noisy, dtype=bool), np.linspace(0, top, bins + 1),
-                      labels)
+    if np.ndim(bins) == 0:
+        top = max(float(d.max()) if d.size else 1.0, 1e-3)
+        bins = np.linspace(0, top, int(bins) + 1)
+    _clean_noisy_hist(ax, d, np.asarray(is_noisy, dtype=bool), bins, labels)
     ax.set_xlabel("discrepancy  -log p(given label)")
+    if title is not None:
+        ax.set_title(title)
     return fig
 
 
@@ -359,36 +355,33 @@ def _plot_transition(t: np.ndarray, classes: Sequence[str] | None, title: str, a
 def plot_pr_roc(
     is_noisy: Any,
     discrepancy: Any,
-    clean_pred: Any = None,
+    clean: Any = None,
     *,
     axes: Sequence[Any] | None = None,
 ):
     """Precision-recall and ROC curves of the discrepancy as a noise score (two axes); with
-    ``clean_pred`` the selection's operating point (flagged = not clean) is marked on both."""
-    from moit_explore import analysis  # noqa: PLC0415
-
-    precision, recall, _ = analysis.pr_curve(is_noisy, discrepancy)
-    fpr, tpr, _ = analysis.roc_curve(is_noisy, discrepancy)
+    ``clean`` (the selection) its operating point (label issues = not clean) is marked on
+    both, with detection.prf's precision and recall (NaN, so not drawn, where undefined)."""
+    precision, recall, _ = reports.pr_curve(is_noisy, discrepancy)
+    fpr, tpr, _ = reports.roc_curve(is_noisy, discrepancy)
     if axes is None:
-        fig, axes = _plt().subplots(1, 2, figsize=(9, 4), layout="constrained")
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4), layout="constrained")
     else:
         fig = axes[0].figure
     noisy = np.asarray(is_noisy, dtype=bool)
-    rep = analysis.detection_report(np.zeros_like(noisy) if clean_pred is None
-                                    else np.asarray(clean_pred, dtype=bool), noisy, discrepancy)
+    rep = reports.detection_report(np.ones_like(noisy) if clean is None else clean, noisy,
+                                   discrepancy)
     ax_pr, ax_roc = axes[0], axes[1]
     ax_pr.plot(recall, precision, color=NOISY_COLOR, label=f"AP {rep['average_precision']:.3f}")
     ax_pr.axhline(noisy.mean(), color="0.6", ls="--", lw=1, label="chance")
     ax_roc.plot(fpr, tpr, color=NOISY_COLOR, label=f"AUROC {rep['auroc']:.3f}")
     ax_roc.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="chance")
-    if clean_pred is not None:
-        flagged = ~np.asarray(clean_pred, dtype=bool)
-        tp = np.sum(flagged & noisy)
-        op_fpr = np.sum(flagged & ~noisy) / max(1, np.sum(~noisy))
-        op_tpr = tp / max(1, noisy.sum())
-        op_prec = tp / max(1, flagged.sum())
-        ax_pr.plot([op_tpr], [op_prec], "ko", label="selection")
-        ax_roc.plot([op_fpr], [op_tpr], "ko", label="selection")
+    if clean is not None:
+        counts = detection.detection_counts(clean, noisy)
+        n_clean = counts["fp"] + counts["tn"]
+        op_fpr = counts["fp"] / n_clean if n_clean else float("nan")
+        ax_pr.plot([rep["recall"]], [rep["precision"]], "ko", label="selection")
+        ax_roc.plot([op_fpr], [rep["recall"]], "ko", label="selection")
     ax_pr.set(xlabel="recall (noisy found)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
               title="precision-recall")
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
@@ -401,7 +394,7 @@ def plot_pr_roc(
 def _per_run_lines(ax: Any, runs: Mapping[str, Any], column: str) -> int:
     drawn = 0
     for name, run in runs.items():
-        m = _metrics_of(run)
+        m = reports.metrics_frame(run)
         if column in m and m[column].notna().any():
             rows = m[["epoch", column]].dropna()
             ax.plot(rows["epoch"], rows[column], marker="o", ms=3, label=str(name))
@@ -421,8 +414,8 @@ def plot_training_curves(
     """
     fig, ax = _fig_ax(ax, figsize=(6, 4))
     if not _per_run_lines(ax, runs, metric):
-        raise ValueError(f"no run has a {metric!r} column; available in the first: "
-                         f"{list(_metrics_of(next(iter(runs.values()))).columns) if runs else []}")
+        first = list(reports.metrics_frame(next(iter(runs.values()))).columns) if runs else []
+        raise ValueError(f"no run has a {metric!r} column; available in the first: {first}")
     if reference is not None:
         ax.axhline(reference[0], color="0.4", ls="--", lw=1, label=reference[1])
     ax.set_xlabel("epoch")
@@ -435,7 +428,7 @@ def plot_training_curves(
 def plot_detection_curves(runs: Mapping[str, Any]):
     """Detection precision, recall and F1 (noisy class) over epochs: three axes, one line per
     run (runs: name -> runs.Run or metrics DataFrame with det_* columns)."""
-    fig, axes = _plt().subplots(1, 3, figsize=(12, 3.6), layout="constrained", sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained", sharey=True)
     drawn = 0
     for ax, key in zip(axes, ("precision", "recall", "f1"), strict=True):
         drawn += _per_run_lines(ax, runs, f"det_{key}")
@@ -454,7 +447,7 @@ def plot_memorization(metrics: Any, noise_rate: float | None = None, *, ax: Any 
     Memorising noise shows as train_acc_given rising towards 1 while train_acc_true falls; the
     dashed line at 1 - noise_rate is where a model fitting only the clean labels would sit.
     """
-    m = _metrics_of(metrics)
+    m = reports.metrics_frame(metrics)
     fig, ax = _fig_ax(ax, figsize=(6, 4))
     styles = {"train_acc_given": ("acc. vs given labels", NOISY_COLOR),
               "train_acc_true": ("acc. vs true labels", "tab:green"),
@@ -484,8 +477,10 @@ def plot_image_grid(
     panel: float = 1.5,
     title_colors: Sequence[str] | None = None,
     suptitle: str | None = None,
+    fig: Any = None,
 ):
-    """Images uint8 (N, H, W, C) in a grid, each with an optional title."""
+    """Images uint8 (N, H, W, C) in a grid, each with an optional title (drawn into ``fig``
+    when given)."""
     imgs = _as_images(images)
     n = imgs.shape[0]
     if n == 0:
@@ -493,7 +488,7 @@ def plot_image_grid(
     if titles is not None and len(titles) != n:
         raise ValueError(f"{len(titles)} titles for {n} images")
     extra = 0.25 * max((str(t).count("\n") + 1 for t in titles), default=0) if titles else 0
-    fig, axes = _grid(n, ncols, panel=panel, extra_h=extra)
+    fig, axes = _grid(n, ncols, panel=panel, extra_h=extra, fig=fig)
     for i, ax in enumerate(axes):
         if i >= n:
             ax.set_visible(False)

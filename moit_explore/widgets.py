@@ -15,12 +15,25 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from moit_explore import collapse, projection, runs, viz
 from moit_explore import detection as det_mod
+from moit_explore.validation import (
+    BALANCE_CHOICES,
+    check_choice,
+    check_k,
+    check_labels,
+    check_mask,
+    default_k,
+)
 
 __all__ = ["EpochPanel", "KSliderPanel", "SuspiciousImagesPanel", "ThresholdPanel"]
 
@@ -38,11 +51,8 @@ def _ipw():
     return ipywidgets
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     """A matplotlib Figure with an Agg canvas that pyplot does not track."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -74,7 +84,7 @@ def metrics_html(metrics: dict[str, Any]) -> str:
     names = [("k", "k"), ("threshold", "threshold"), ("epoch", "epoch"),
              ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
              ("auroc", "AUROC"), ("selected_noise_rate", "noise in selected"),
-             ("n_selected", "selected"), ("n_flagged", "flagged"),
+             ("n_selected", "selected"), ("n_label_issues", "label issues"),
              ("knn_acc_true", "kNN acc (true)"), ("knn_acc_given", "kNN acc (given)"),
              ("noisy_agree_given", "noisy ↦ given"), ("noisy_agree_true", "noisy ↦ true"),
              ("distance_ratio_given", "within/between")]
@@ -92,8 +102,6 @@ def _torch_threads(n: int | None):
     if n is None:
         yield
         return
-    import torch  # noqa: PLC0415
-
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -102,40 +110,44 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _noisy_prf(clean: np.ndarray, noisy: np.ndarray) -> dict[str, float]:
-    """Precision/recall/F1 of flagging (= not clean) as a detector of the noisy samples."""
-    flagged = ~clean
-    tp = int(np.count_nonzero(flagged & noisy))
-    fp = int(np.count_nonzero(flagged)) - tp
-    fn = int(np.count_nonzero(noisy)) - tp
-    nan = float("nan")
-    n_sel = int(np.count_nonzero(clean))
-    return {
-        "precision": tp / (tp + fp) if tp + fp else nan,
-        "recall": tp / (tp + fn) if tp + fn else nan,
-        "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else nan,
-        "selected_noise_rate": fn / n_sel if n_sel else nan,
-    }
-
-
-def _check_balance(balance: Any) -> str:
-    if balance not in det_mod.BALANCE_CHOICES:
-        raise ValueError(f"balance={balance!r} is not valid; choose one of "
-                         f"{', '.join(det_mod.BALANCE_CHOICES)}")
-    return str(balance)
-
-
-def _bool_array(x: Any, n: int, name: str) -> np.ndarray:
-    a = np.asarray(x)
-    if a.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
-    return a.astype(bool)
+def _groups(clean: np.ndarray, is_noisy: np.ndarray | None) -> tuple[np.ndarray, tuple]:
+    """The two groups a histogram compares: the truth (correct vs noisy labels) when known,
+    else the detection's split (clean vs label issue). -> (second-group mask, names)."""
+    if is_noisy is not None:
+        return is_noisy, ("correct label", "noisy label")
+    return ~clean, ("clean", "label issue")
 
 
 class _Panel:
     """Shared UI plumbing: widget() builds once, the panel displays as its widget."""
 
     _ui: Any = None
+    _syncing: bool = False
+
+    def _assemble(self, controls: list[Any], read: Callable[[], dict[str, Any]]) -> Any:
+        """The UI: the controls, the metrics line (``self._html``) and the figure
+        (``self._image``). A control moved by the user calls ``update(**read())``."""
+        w = _ipw()
+        self._html = w.HTML()
+        self._html.add_class(METRICS_CSS_CLASS)
+        self._image = _image_widget(w)
+
+        def on_change(_change: Any) -> None:
+            if not self._syncing:
+                self.update(**read())
+
+        for control in controls:
+            control.observe(on_change, names="value")
+        return w.VBox([w.HBox(controls), self._html, self._image])
+
+    @contextmanager
+    def _moving_controls(self) -> Iterator[None]:
+        """While the panel sets its own controls, their change events do not call update."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
 
     def widget(self) -> Any:
         """The ipywidgets UI (built on first call)."""
@@ -166,10 +178,12 @@ class KSliderPanel(_Panel):
 
     neighbors: detection.Neighbors from detection.knn_search(features, k_max); labels (N,)
     given labels; is_noisy (N,) bool when the truth is known (precision/recall/F1/AUROC), else
-    the panel reports what was selected. ``update(k)`` runs detection.detect_from_neighbors and
-    returns the metrics; ``histograms`` holds the discrepancy histograms (clean vs noisy, or
-    selected vs flagged without ``is_noisy``). torch_threads: intra-op threads while detecting
-    (1 by default, see :func:`_torch_threads`; None leaves torch's setting alone).
+    the panel reports what was selected. k: the starting k (None: validation.default_k of the
+    labels, within k_max; for a run's features pass its ``run.k``). ``update(k)`` runs
+    detection.detect_from_neighbors and returns the metrics; ``histograms`` holds the
+    discrepancy histograms (correct vs noisy labels, or clean vs label issue without
+    ``is_noisy``). torch_threads: intra-op threads while detecting (1 by default, see
+    :func:`_torch_threads`; None leaves torch's setting alone).
     """
 
     def __init__(
@@ -177,9 +191,9 @@ class KSliderPanel(_Panel):
         neighbors: det_mod.Neighbors,
         labels: Any,
         num_classes: int,
+        *,
         is_noisy: Any = None,
         balance: str = "median",
-        *,
         k: int | None = None,
         bins: int = 24,
         torch_threads: int | None = 1,
@@ -189,28 +203,21 @@ class KSliderPanel(_Panel):
                              "detection.knn_search(features, k_max)")
         self.neighbors = neighbors
         self.k_max = int(neighbors.indices.shape[1])
-        n = int(neighbors.indices.shape[0])
-        self.labels = np.asarray(labels)
-        if self.labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},) like the neighbour table, got "
-                             f"{self.labels.shape}")
+        self.n = int(neighbors.indices.shape[0])
+        self.labels = check_labels(labels, self.n, num_classes)
         self.num_classes = int(num_classes)
-        self.is_noisy = None if is_noisy is None else _bool_array(is_noisy, n, "is_noisy")
-        self.balance = _check_balance(balance)
+        self.is_noisy = None if is_noisy is None else check_mask(is_noisy, self.n, "is_noisy")
+        self.balance = check_choice("balance", balance, BALANCE_CHOICES)
         self.edges = np.linspace(0.0, _D_MAX * 1.0001, bins + 1)
         self.torch_threads = torch_threads
-        self.k = min(250, self.k_max) if k is None else self._check_k(k)
+        self.k = min(default_k(self.labels), self.k_max) if k is None else self._check_k(k)
         self.detection: det_mod.Detection | None = None
         self.histograms: dict[str, np.ndarray] = {}
         self.last: dict[str, Any] = {}
-        self._syncing = False
         self.update(self.k)
 
     def _check_k(self, k: Any) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.k_max:
-            raise ValueError(f"k={k!r} must be an integer in [1, {self.k_max}] (the neighbour "
-                             "table's k_max; search more neighbours for a larger k)")
-        return int(k)
+        return check_k(k, self.n, k_max=self.k_max)
 
     def _compute(self, k: int, balance: str) -> tuple[dict[str, Any], det_mod.Detection]:
         with _torch_threads(self.torch_threads):
@@ -223,7 +230,7 @@ class KSliderPanel(_Panel):
             out.update(det_mod.detection_metrics(clean, self.is_noisy, det.discrepancy))
         else:
             out["selected_frac"] = n_sel / clean.size
-        out.update(n_selected=n_sel, n_flagged=int(clean.size - n_sel))
+        out.update(n_selected=n_sel, n_label_issues=int(clean.size - n_sel))
         return out, det
 
     def metrics(self, k: int | None = None, balance: str | None = None) -> dict[str, Any]:
@@ -236,16 +243,14 @@ class KSliderPanel(_Panel):
         """Detect at ``k`` (and ``balance``), store and return the metrics, redraw the UI."""
         k = self.k if k is None else self._check_k(k)
         if balance is not None:
-            self.balance = _check_balance(balance)
+            self.balance = check_choice("balance", balance, BALANCE_CHOICES)
         out, det = self._compute(k, self.balance)
         self.k, self.detection, self.last = k, det, out
-        group = self.is_noisy if self.is_noisy is not None else ~det.clean
+        second, names = _groups(det.clean, self.is_noisy)
         self.histograms = {
             "edges": self.edges,
-            "clean" if self.is_noisy is not None else "selected":
-                np.histogram(det.discrepancy[~group], self.edges)[0],
-            "noisy" if self.is_noisy is not None else "flagged":
-                np.histogram(det.discrepancy[group], self.edges)[0],
+            names[0]: np.histogram(det.discrepancy[~second], self.edges)[0],
+            names[1]: np.histogram(det.discrepancy[second], self.edges)[0],
         }
         self._maybe_redraw()
         return out
@@ -255,96 +260,66 @@ class KSliderPanel(_Panel):
         w = _ipw()
         self._slider = w.IntSlider(value=self.k, min=1, max=self.k_max, step=1, description="k",
                                    continuous_update=False)
-        self._balance = w.Dropdown(options=list(det_mod.BALANCE_CHOICES), value=self.balance,
+        self._balance = w.Dropdown(options=list(BALANCE_CHOICES), value=self.balance,
                                    description="balance")
-        self._html = w.HTML()
-        self._html.add_class(METRICS_CSS_CLASS)
-        self._image = _image_widget(w)
-
-        def on_change(_change: Any) -> None:
-            if not self._syncing:
-                self.update(k=int(self._slider.value), balance=str(self._balance.value))
-
-        self._slider.observe(on_change, names="value")
-        self._balance.observe(on_change, names="value")
-        return w.VBox([w.HBox([self._slider, self._balance]), self._html, self._image])
+        return self._assemble([self._slider, self._balance], lambda: {
+            "k": int(self._slider.value), "balance": str(self._balance.value)})
 
     def _redraw(self) -> None:
-        self._syncing = True
-        try:
+        with self._moving_controls():
             self._slider.value = self.k
             self._balance.value = self.balance
-        finally:
-            self._syncing = False
         self._html.value = metrics_html(self.last)
-        names = [key for key in self.histograms if key != "edges"]
         if getattr(self, "_fig", None) is None:
-            # one figure for the panel's life: a k change only resets bar heights (cheaper)
-            self._fig = _figure(5.5, 2.6)
-            ax = self._fig.add_subplot()
-            centers = (self.edges[:-1] + self.edges[1:]) / 2
-            width = self.edges[1] - self.edges[0]
-            self._bars = [ax.bar(centers, self.histograms[key], width=width, color=color,
-                                 alpha=0.6, label=key)
-                          for key, color in zip(names, ("tab:blue", "tab:red"), strict=True)]
-            ax.set(xlabel="discrepancy  -log p(given)", ylabel="samples")
-            ax.legend(fontsize="small")
-        ax = self._fig.axes[0]
-        for bars, key in zip(self._bars, names, strict=True):
-            for bar, height in zip(bars, self.histograms[key], strict=True):
-                bar.set_height(height)
-        top = max(int(self.histograms[key].max(initial=0)) for key in names)
-        ax.set_ylim(0, max(1, top) * 1.05)
-        ax.set_title(f"k = {self.k}, balance = {self.balance}")
+            self._fig = _figure(5.5, 2.6)  # one figure for the panel's life, redrawn per k
+        self._fig.clear()
+        second, names = _groups(self.detection.clean, self.is_noisy)
+        viz.plot_discrepancy_histograms(
+            self.detection.discrepancy, second, bins=self.edges, labels=names,
+            ax=self._fig.add_subplot(), title=f"k = {self.k}, balance = {self.balance}")
         self._image.value = _png(self._fig)
 
 
 # --------------------------------------------------------------------------- threshold
 
 
-CRITERIA = ("threshold", *det_mod.BALANCE_CHOICES)
+CRITERIA = ("threshold", *BALANCE_CHOICES)
 
 
 class ThresholdPanel(_Panel):
     """Clean selection by a discrepancy threshold (clean = d <= t) or a balance criterion.
 
-    ThresholdPanel(discrepancy, labels, agree, num_classes, is_noisy=None): all criteria
-    ("threshold", "none", "min", "median", "max"; the balance ones via detection.select_clean).
-    ThresholdPanel(discrepancy, is_noisy): a bool array in second place is taken as is_noisy,
-    and only the threshold criterion is available. ``discrepancy`` may be a
-    detection.Detection (its discrepancy and agree are used). ``update(threshold=,
-    criterion=)`` returns n_selected, selected_frac and, with is_noisy, precision/recall/F1 of
-    the noisy class and the noise rate among the selected.
+    ThresholdPanel(discrepancy, is_noisy=None): the threshold criterion. With ``labels``,
+    ``agree`` and ``num_classes`` (keywords) also the balance criteria ("none", "min",
+    "median", "max", via detection.select_clean); :meth:`from_detection` takes them from a
+    detection.Detection. ``update(threshold=, criterion=)`` returns n_selected, selected_frac
+    and, with is_noisy, precision/recall/F1 of the noisy class (detection.detection_metrics)
+    and the noise rate among the selected.
     """
 
     def __init__(
         self,
         discrepancy: Any,
+        *,
+        is_noisy: Any = None,
         labels: Any = None,
         agree: Any = None,
         num_classes: int | None = None,
-        is_noisy: Any = None,
-        *,
         threshold: float | None = None,
         criterion: str = "threshold",
         bins: int = 30,
     ) -> None:
         if isinstance(discrepancy, det_mod.Detection):
-            agree = discrepancy.agree if agree is None else agree
-            num_classes = num_classes or discrepancy.soft_labels.shape[1]
-            discrepancy = discrepancy.discrepancy
+            raise TypeError("discrepancy must be an array (N,), got a Detection: use "
+                            "ThresholdPanel.from_detection(detection, labels)")
         self.discrepancy = np.asarray(discrepancy, dtype=np.float64)
         if self.discrepancy.ndim != 1:
             raise ValueError(f"discrepancy must be 1-D (N,), got shape {self.discrepancy.shape}")
         n = self.discrepancy.shape[0]
-        if labels is not None and np.asarray(labels).dtype == np.bool_ and is_noisy is None:
-            labels, is_noisy = None, labels
-        self.labels = None if labels is None else np.asarray(labels)
-        if self.labels is not None and self.labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {self.labels.shape}")
-        self.agree = None if agree is None else _bool_array(agree, n, "agree")
+        self.labels = None if labels is None else check_labels(labels, n, num_classes)
+        self.agree = None if agree is None else check_mask(agree, n, "agree")
         self.num_classes = num_classes
-        self.is_noisy = None if is_noisy is None else _bool_array(is_noisy, n, "is_noisy")
+        self.is_noisy = None if is_noisy is None else check_mask(is_noisy, n, "is_noisy")
         self.order = np.sort(self.discrepancy)
         self.edges = np.linspace(0.0, max(float(self.discrepancy.max(initial=0.0)), 1e-3),
                                  bins + 1)
@@ -353,8 +328,15 @@ class ThresholdPanel(_Panel):
             else float(threshold or 0.0)
         self.clean = np.zeros(n, dtype=bool)
         self.last: dict[str, Any] = {}
-        self._syncing = False
         self.update()
+
+    @classmethod
+    def from_detection(cls, detection: det_mod.Detection, labels: Any, *, is_noisy: Any = None,
+                       **kwargs: Any) -> ThresholdPanel:
+        """A panel on a detection's discrepancy, with every criterion (its agree mask and
+        class count, and the given ``labels`` it was computed with)."""
+        return cls(detection.discrepancy, is_noisy=is_noisy, labels=labels,
+                   agree=detection.agree, num_classes=detection.soft_labels.shape[1], **kwargs)
 
     @property
     def criteria(self) -> tuple[str, ...]:
@@ -363,12 +345,10 @@ class ThresholdPanel(_Panel):
         return CRITERIA if ok else ("threshold",)
 
     def _check_criterion(self, criterion: str) -> str:
-        if criterion not in CRITERIA:
-            raise ValueError(f"criterion={criterion!r} is not valid; choose one of "
-                             f"{', '.join(CRITERIA)}")
+        check_choice("criterion", criterion, CRITERIA)
         if criterion not in self.criteria:
             raise ValueError(f"criterion={criterion!r} needs labels, agree and num_classes "
-                             "(pass ThresholdPanel(discrepancy, labels, agree, num_classes))")
+                             "(ThresholdPanel.from_detection(detection, labels))")
         return criterion
 
     def update(self, threshold: float | None = None, criterion: str | None = None
@@ -389,7 +369,9 @@ class ThresholdPanel(_Panel):
                                "n_selected": n_sel,
                                "selected_frac": n_sel / n if n else float("nan")}
         if self.is_noisy is not None:
-            out.update(_noisy_prf(self.clean, self.is_noisy))
+            quality = det_mod.detection_metrics(self.clean, self.is_noisy)
+            out.update({key: quality[key] for key in ("precision", "recall", "f1",
+                                                       "selected_noise_rate")})
         self.last = out
         self._maybe_redraw()
         return out
@@ -402,43 +384,26 @@ class ThresholdPanel(_Panel):
                                      continuous_update=False, readout_format=".3f")
         self._criterion = w.Dropdown(options=list(self.criteria), value=self.criterion,
                                      description="criterion")
-        self._html = w.HTML()
-        self._html.add_class(METRICS_CSS_CLASS)
-        self._image = _image_widget(w)
-
-        def on_change(_change: Any) -> None:
-            if not self._syncing:
-                self.update(threshold=float(self._slider.value),
-                            criterion=str(self._criterion.value))
-
-        self._slider.observe(on_change, names="value")
-        self._criterion.observe(on_change, names="value")
-        return w.VBox([w.HBox([self._criterion, self._slider]), self._html, self._image])
+        return self._assemble([self._criterion, self._slider], lambda: {
+            "threshold": float(self._slider.value), "criterion": str(self._criterion.value)})
 
     def _redraw(self) -> None:
-        self._syncing = True
-        try:
+        with self._moving_controls():
             self._slider.value = min(self.threshold, self._slider.max)
             self._slider.disabled = self.criterion != "threshold"
             self._criterion.value = self.criterion
-        finally:
-            self._syncing = False
         shown = dict(self.last)
         if self.criterion != "threshold":
             shown.pop("threshold", None)
         self._html.value = metrics_html(shown)
         fig = _figure(5.5, 2.6)
         ax = fig.add_subplot()
-        if self.is_noisy is not None:
-            groups = [("clean", ~self.is_noisy, "tab:blue"), ("noisy", self.is_noisy, "tab:red")]
-        else:
-            groups = [("selected", self.clean, "tab:blue"), ("flagged", ~self.clean, "tab:red")]
-        for name, mask, color in groups:
-            ax.hist(self.discrepancy[mask], bins=self.edges, color=color, alpha=0.6, label=name)
+        second, names = _groups(self.clean, self.is_noisy)
+        viz.plot_discrepancy_histograms(self.discrepancy, second, bins=self.edges, labels=names,
+                                        ax=ax, title=f"criterion: {self.criterion}")
         if self.criterion == "threshold":
             ax.axvline(self.threshold, color="black", lw=1.5, label="threshold")
-        ax.set(xlabel="discrepancy", ylabel="samples", title=f"criterion: {self.criterion}")
-        ax.legend(fontsize="small")
+            ax.legend(fontsize="small")
         self._image.value = _png(fig)
 
 
@@ -448,31 +413,28 @@ class ThresholdPanel(_Panel):
 class SuspiciousImagesPanel(_Panel):
     """The most suspicious samples (largest discrepancy) of one given class, as an image grid.
 
-    SuspiciousImagesPanel(images, labels, discrepancy, suggested, classes) or
-    SuspiciousImagesPanel(images, detection, labels, classes=...) (a detection.Detection in
-    second place supplies discrepancy and suggested = corrected labels). images uint8
-    (N, H, W, C). ``update(cls)`` (a class index, or None for all classes) returns the indices
-    shown, most suspicious first (ties: lower index first).
+    SuspiciousImagesPanel(images, labels, discrepancy=..., suggested=..., classes=...), or
+    :meth:`from_detection` (images, detection, labels): a detection.Detection supplies the
+    discrepancy and suggested = corrected labels. images uint8 (N, H, W, C). ``update(cls)``
+    (a class index, or None for all classes) returns the indices shown, most suspicious first
+    (ties: lower index first).
     """
 
     def __init__(
         self,
         images: Any,
         labels: Any,
-        discrepancy: Any = None,
-        suggested: Any = None,
-        classes: list[str] | None = None,
         *,
+        discrepancy: Any,
+        suggested: Any,
+        classes: list[str] | None = None,
         true_labels: Any = None,
         n_images: int = 16,
         ncols: int = 8,
     ) -> None:
         if isinstance(labels, det_mod.Detection):
-            det, labels = labels, discrepancy
-            discrepancy, suggested = det.discrepancy, det.corrected_labels
-        if labels is None or discrepancy is None or suggested is None:
-            raise ValueError("pass labels, discrepancy and suggested labels (or a "
-                             "detection.Detection and the labels)")
+            raise TypeError("labels must be an array (N,), got a Detection: use "
+                            "SuspiciousImagesPanel.from_detection(images, detection, labels)")
         self.images = np.asarray(images)
         n = self.images.shape[0]
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -490,8 +452,15 @@ class SuspiciousImagesPanel(_Panel):
         self._ranked = np.lexsort((np.arange(n), -self.discrepancy))
         self.cls: int | None = None
         self.indices = np.zeros(0, dtype=np.int64)
-        self._syncing = False
         self.update(None)
+
+    @classmethod
+    def from_detection(cls, images: Any, detection: det_mod.Detection, labels: Any,
+                       **kwargs: Any) -> SuspiciousImagesPanel:
+        """The panel of a detection's discrepancy and corrected labels, for the given
+        ``labels`` it was computed with."""
+        return cls(images, labels, discrepancy=detection.discrepancy,
+                   suggested=detection.corrected_labels, **kwargs)
 
     def update(self, cls: int | None = None) -> np.ndarray:
         """Show the ``n_images`` most suspicious samples with given label ``cls``."""
@@ -511,24 +480,12 @@ class SuspiciousImagesPanel(_Panel):
         options = [("all classes", -1)] + [(name, i) for i, name in enumerate(self.classes)]
         self._select = w.Dropdown(options=options, value=-1 if self.cls is None else self.cls,
                                   description="class")
-        self._html = w.HTML()
-        self._html.add_class(METRICS_CSS_CLASS)
-        self._image = _image_widget(w)
-
-        def on_change(_change: Any) -> None:
-            if not self._syncing:
-                value = int(self._select.value)
-                self.update(None if value < 0 else value)
-
-        self._select.observe(on_change, names="value")
-        return w.VBox([self._select, self._html, self._image])
+        return self._assemble([self._select], lambda: {
+            "cls": None if int(self._select.value) < 0 else int(self._select.value)})
 
     def _redraw(self) -> None:
-        self._syncing = True
-        try:
+        with self._moving_controls():
             self._select.value = -1 if self.cls is None else self.cls
-        finally:
-            self._syncing = False
         idx = self.indices
         text = f"{len(idx)} most suspicious"
         if self.true_labels is not None and len(idx):
@@ -538,25 +495,15 @@ class SuspiciousImagesPanel(_Panel):
         if not len(idx):
             self._image.value = b""
             return
-        imgs = self.images if self.images.ndim == 4 else self.images[..., None]
-        cols = min(self.ncols, len(idx))
-        rows = -(-len(idx) // cols)
-        fig = _figure(1.4 * cols, 1.75 * rows)
-        for r, i in enumerate(idx):
-            ax = fig.add_subplot(rows, cols, r + 1)
-            img = imgs[i]
-            if img.shape[-1] == 1:
-                ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=255)
-            else:
-                ax.imshow(img)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            title = (f"{self.classes[self.labels[i]]}→{self.classes[self.suggested[i]]}\n"
-                     f"d={self.discrepancy[i]:.2f}")
-            color = "black"
-            if self.true_labels is not None:
-                color = "tab:red" if self.true_labels[i] != self.labels[i] else "tab:green"
-            ax.set_title(title, fontsize=7, color=color)
+        titles = [f"{self.classes[self.labels[i]]}→{self.classes[self.suggested[i]]}\n"
+                  f"d={self.discrepancy[i]:.2f}" for i in idx]
+        colors = None
+        if self.true_labels is not None:  # red: truly mislabelled
+            colors = ["tab:red" if self.true_labels[i] != self.labels[i] else "tab:green"
+                      for i in idx]
+        fig = _figure(1.0, 1.0)  # sized by the grid
+        viz.plot_image_grid(self.images[idx], titles, ncols=self.ncols, panel=1.4,
+                            title_colors=colors, fig=fig)
         self._image.value = _png(fig)
 
 
@@ -568,7 +515,8 @@ class EpochPanel(_Panel):
 
     run: a runs.Run (or its directory) with ``embeddings/epoch_XXXX.npz`` snapshots (without
     any, the final embedding is the only frame, named -1). compare: a second run shown side by
-    side at the same epoch (its nearest snapshot). method: "pca" by default (fast per frame);
+    side at the same epoch (its nearest snapshot). k: the collapse measures' neighbours (None:
+    each run's own k, see collapse.run_collapse_metrics). method: "pca" by default (fast per frame);
     "umap" is slower, cache it with ``cache_path``. subsample: rows projected per frame (the
     same rows every epoch). ``update(epoch)`` returns {"epoch", collapse metrics...,
     "compare": {...}} and keeps ``projections``.
@@ -579,25 +527,21 @@ class EpochPanel(_Panel):
         run: Any,
         *,
         compare: Any = None,
-        k: int = 20,
+        k: int | None = None,
         method: str = "pca",
         subsample: int | None = 2000,
         cache_path: Any = None,
         seed: int = 0,
     ) -> None:
-        from moit_explore import analysis  # noqa: PLC0415
-
-        self._analysis = analysis
-        self.run = analysis._load_run(run)
-        self.compare = None if compare is None else analysis._load_run(compare)
-        self.k, self.method, self.subsample = int(k), method, subsample
+        self.run = runs.load_run(run)
+        self.compare = None if compare is None else runs.load_run(compare)
+        self.k, self.method, self.subsample = k, method, subsample
         self.cache_path, self.seed = cache_path, seed
         self.epochs = self._frames(self.run)
         self._cache: dict[tuple[int, int], tuple[dict[str, Any], Any, dict[str, Any]]] = {}
         self.epoch = self.epochs[-1]
         self.projections: dict[str, Any] = {}
         self.last: dict[str, Any] = {}
-        self._syncing = False
         self.update(self.epoch)
 
     @staticmethod
@@ -612,11 +556,8 @@ class EpochPanel(_Panel):
         key = (which, epoch)
         if key not in self._cache:
             a = self._arrays(run, epoch)
-            true = a.get("labels_true") if self._analysis._true_known(run) else None
-            n = a["features"].shape[0]
-            k = min(self.k, n - 1)
-            metrics = self._analysis.collapse_metrics(a["features"], a["labels_given"], true, k)
-            proj = self._analysis.embedding_projection(
+            metrics = collapse.run_collapse_metrics(run, a, self.k)
+            proj = projection.embedding_projection(
                 a["features"], method=self.method, cache_path=self.cache_path, seed=self.seed,
                 subsample=self.subsample)
             self._cache[key] = (metrics, proj, a)
@@ -645,25 +586,11 @@ class EpochPanel(_Panel):
         w = _ipw()
         self._slider = w.SelectionSlider(options=self.epochs, value=self.epoch,
                                          description="epoch", continuous_update=False)
-        self._html = w.HTML()
-        self._html.add_class(METRICS_CSS_CLASS)
-        self._image = _image_widget(w)
-
-        def on_change(_change: Any) -> None:
-            if not self._syncing:
-                self.update(int(self._slider.value))
-
-        self._slider.observe(on_change, names="value")
-        return w.VBox([self._slider, self._html, self._image])
+        return self._assemble([self._slider], lambda: {"epoch": int(self._slider.value)})
 
     def _redraw(self) -> None:
-        from moit_explore import viz  # noqa: PLC0415
-
-        self._syncing = True
-        try:
+        with self._moving_controls():
             self._slider.value = self.epoch
-        finally:
-            self._syncing = False
         lines = [metrics_html({k: v for k, v in self.last.items() if k != "compare"})]
         if "compare" in self.last:
             lines.append("compare: " + metrics_html(self.last["compare"]))
@@ -677,7 +604,7 @@ class EpochPanel(_Panel):
             epoch = self.epoch if which == 0 else self.last["compare"]["epoch"]
             _, proj, a = self._frame(which, run, epoch)
             noisy = None
-            if "labels_true" in a and self._analysis._true_known(run):
+            if "labels_true" in a and run.true_labels_known:
                 noisy = np.asarray(a["labels_given"]) != np.asarray(a["labels_true"])
             color = a["labels_true"] if noisy is not None else a["labels_given"]
             label = getattr(run, "name", name)

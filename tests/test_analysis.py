@@ -16,7 +16,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.decomposition import PCA
 
-from moit_explore import analysis, detection, noise, runs
+from moit_explore import analysis, detection, noise, projection, runs, validation
 
 # --------------------------------------------------------------------------- helpers
 
@@ -103,7 +103,7 @@ def test_knn_accuracy_hand_case():
 
 def test_knn_errors_name_the_fix(digits_xy):
     x, y = digits_xy
-    with pytest.raises(ValueError, match="out of range.*1 <= k <= 4"):
+    with pytest.raises(ValueError, match=r"out of range.*\[1, 4\]"):
         analysis.knn_accuracy(x[:5], y[:5], k=5)
     with pytest.raises(ValueError, match="in the same order"):
         analysis.knn_accuracy(x, y[:-1])
@@ -186,18 +186,19 @@ def test_collapse_over_epochs_needs_snapshots(tmp_path, digits_noisy):
 # --------------------------------------------------------------------------- soft labels
 
 
-def test_sample_table_and_confusion(digits_noisy):
+def test_detection_issues_table_and_confusion(digits_noisy):
     x, nz = digits_noisy
     det = detection.detect_noise(x, nz.noisy, 10, k=20, backend="torch")
     names = [f"d{i}" for i in range(10)]
-    t = analysis.sample_table(det, nz.noisy, nz.clean, classes=names)
+    t = analysis.detection_issues_table(det, nz.noisy, true_labels=nz.clean, class_names=names,
+                                        sort=False)
     assert len(t) == len(nz.noisy)
     i = np.arange(len(t))
-    assert np.allclose(t["p_given"], det.soft_labels[i, nz.noisy])
+    assert np.allclose(t["label_quality"], det.soft_labels[i, nz.noisy])
     assert np.array_equal(t["is_noisy"], nz.is_noisy)
-    assert np.array_equal(t["clean_selected"], det.clean)
+    assert np.array_equal(~t["is_label_issue"], det.clean)
     assert t["given_name"].iloc[0] == names[nz.noisy[0]]
-    assert "true_label" not in analysis.sample_table(det, nz.noisy)
+    assert "true_label" not in analysis.detection_issues_table(det, nz.noisy)
     m = analysis.disagreement_confusion(nz.noisy, det.corrected_labels, 10)
     assert np.array_equal(m, skm.confusion_matrix(nz.noisy, det.corrected_labels,
                                                   labels=range(10)))
@@ -297,14 +298,32 @@ def test_find_label_issues_mask_and_rankings(digits_noisy):
         assert np.all(np.diff(tied) > 0)
     by_d = analysis.find_label_issues(nz.noisy, x, k=20, return_indices_ranked_by="discrepancy")
     assert np.all(np.diff(det.discrepancy[by_d]) <= 0)
-    # cleanlab order (labels, features) and (features, labels, C) agree
-    assert np.array_equal(analysis.find_label_issues(x, nz.noisy, 10, k=20), mask)
-    # from a precomputed detection
-    assert np.array_equal(analysis.find_label_issues(nz.noisy, detection=det), mask)
+    # a precomputed detection has its own table, with the same issues
+    table = analysis.detection_issues_table(det, nz.noisy)
+    assert np.array_equal(table.sort_index()["is_label_issue"].to_numpy(), mask)
     with pytest.raises(ValueError, match="return_indices_ranked_by"):
         analysis.find_label_issues(nz.noisy, x, return_indices_ranked_by="confidence")
-    with pytest.raises(ValueError, match="needs labels and features"):
-        analysis.find_label_issues(nz.noisy)
+
+
+def test_find_label_issues_rejects_swapped_and_wrong_typed_arguments(digits_noisy, tmp_path):
+    """One contract, labels first (as cleanlab): anything else fails naming the fix, never
+    silently swapped or ignored."""
+    x, nz = digits_noisy
+    with pytest.raises(ValueError, match=r"labels must come first.*swapped"):
+        analysis.find_label_issues(x, nz.noisy, k=20)
+    with pytest.raises(ValueError, match=r"labels must come first"):
+        analysis.label_issues_table(x, nz.noisy, k=20)
+    det = detection.detect_noise(x, nz.noisy, 10, k=20)
+    with pytest.raises(TypeError, match=r"detection_issues_table\(detection, labels\)"):
+        analysis.find_label_issues(nz.noisy, det)
+    with pytest.raises(TypeError, match=r"run_issues_table\(run_dir\)"):
+        analysis.label_issues_table(nz.noisy, tmp_path)
+    with pytest.raises(TypeError, match="label_issues_table"):
+        analysis.detection_issues_table(x, nz.noisy)
+    with pytest.raises(TypeError, match="positional"):  # num_classes etc. are keyword-only
+        analysis.find_label_issues(nz.noisy, x, 10)
+    with pytest.raises(ValueError, match="in the same order"):
+        analysis.find_label_issues(nz.noisy[:-1], x)
 
 
 def test_label_issues_table_without_true_labels_round_trips_csv(tmp_path, digits_xy):
@@ -320,7 +339,7 @@ def test_label_issues_table_without_true_labels_round_trips_csv(tmp_path, digits
     assert t.index.name == "sample" and sorted(t.index) == list(range(len(y)))
     i = int(t.index[0])
     assert t.loc[i, "path"] == paths[i] and t.loc[i, "given_name"] == names[y[i]]
-    k = analysis.default_k(y)
+    k = validation.default_k(y)
     mask = analysis.find_label_issues(y, x, k=k)
     assert np.array_equal(t.sort_index()["is_label_issue"].to_numpy(), mask)
     out = analysis.export_label_issues(t, tmp_path / "issues.csv")
@@ -333,13 +352,14 @@ def test_label_issues_table_without_true_labels_round_trips_csv(tmp_path, digits
 def test_label_issues_from_a_run(tmp_path, digits_noisy):
     x, nz = digits_noisy
     run, det = write_run(tmp_path, "r", {}, x, nz.noisy, nz.clean, detect_k=15)
-    mask = analysis.find_label_issues(run=run)
-    assert np.array_equal(mask, ~det.clean)
-    t = analysis.label_issues_table(run=run.path)
+    t = analysis.run_issues_table(run)
+    assert np.array_equal(t.sort_index()["is_label_issue"].to_numpy(), ~det.clean)
+    t = analysis.run_issues_table(run.path)
     assert np.array_equal(t.sort_index()["is_noisy"].to_numpy(), nz.is_noisy)
+    assert t["given_name"].iloc[0] == run.classes[t["given_label"].iloc[0]]
     # a folder run: true labels unknown -> no truth columns
     run2, _ = write_run(tmp_path, "folder", {}, x, nz.noisy, nz.noisy, true_known=False)
-    assert "true_label" not in analysis.label_issues_table(run=run2)
+    assert "true_label" not in analysis.run_issues_table(run2)
 
 
 def test_find_label_issues_on_fashion_mnist_flags_mostly_noisy(fashion_mnist):
@@ -374,7 +394,7 @@ def test_projection_pca_subsample_and_cache(tmp_path, digits_xy, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("recomputed instead of loading the cache")
 
-    monkeypatch.setattr(analysis, "_pca2", boom)
+    monkeypatch.setattr(projection, "_pca2", boom)
     again = analysis.embedding_projection(x, method="pca", subsample=300, seed=3,
                                           cache_path=tmp_path)
     assert np.array_equal(again.coords, s.coords) and np.array_equal(again.indices, s.indices)

@@ -80,7 +80,7 @@ def test_train_detect_report_finetune_resume(capsys, tmp_path):
     assert sorted(p.name for p in run_dir.rglob("*")) == before
     assert (run_dir / "embeddings" / "final.npz").read_bytes() == final_bytes
     rc, _, err = run_cli(capsys, "detect", run_dir, "--k", "400")
-    assert rc == 2 and "--k 400" in err
+    assert rc == 2 and "k=400 is out of range" in err
     rc, _, err = run_cli(capsys, "detect", run_dir, "--out", run_dir / "config.json")
     assert rc == 2 and "never overwrites" in err
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from moit_explore import course
+from moit_explore import config, course
 
 
 @pytest.fixture
@@ -53,3 +54,33 @@ def test_moit_plus_cache_follows_its_fine_tuning_settings(cache):
     assert _stamp(again) != first and again.config["finetune"]["lr"] == 0.001
     assert again.path.name == "finetune" and "train_mask" in again.final()
     assert not list(again.path.parent.glob(".*tmp*"))  # trained aside, renamed into place
+
+
+def test_a_folder_run_records_the_folder_it_trained_on(cache, tmp_path, digits):
+    """config.json names the image folder, so run.dataset() reloads those images (not the
+    preset's data set)."""
+    from PIL import Image
+
+    from moit_explore import datasets
+
+    folder = tmp_path / "images"
+    for c in (0, 1):
+        for i in np.flatnonzero(digits.train_labels == c)[:30]:
+            path = folder / f"digit{c}" / f"img{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(digits.train_images[i, :, :, 0]).save(path)
+    bundle = datasets.load_dataset(f"imagefolder:{folder}", channels=1, image_size=8)
+    run = course.folder_run(bundle, preset="smoke", progress=False, xbm_per_class=40,
+                            batch_size=16)
+    assert run.config["dataset"] == f"imagefolder:{folder}"
+    assert run.config["image_size"] == 8 and run.config["image_channels"] == 1
+    assert run.k == config.preset("smoke").k
+    again = run.dataset()
+    assert again.name == bundle.name and again.train_paths == bundle.train_paths
+    np.testing.assert_array_equal(again.train_images, bundle.train_images)
+    assert not run.true_labels_known
+    # cached: the same folder and settings reuse the run
+    assert _stamp(course.folder_run(bundle, preset="smoke", progress=False,
+                                    xbm_per_class=40, batch_size=16)) == _stamp(run)
+    with pytest.raises(ValueError, match="image folder"):
+        course.folder_run(digits, preset="smoke")

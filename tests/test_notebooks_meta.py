@@ -122,10 +122,10 @@ def test_moit_smoke_switches_the_course_to_smoke_mode():
 
 
 def test_parameter_cell_can_force_the_mode():
-    from moit_explore import course
+    from moit_explore import config, course
 
     assert course.preset(True) == "digits"
     assert course.preset(False) == "cpu-demo"
     assert course.preset(None) == ("digits" if course.SMOKE else "cpu-demo")
     assert "'digits'" in course.expected_time("digits")
-    assert course.k_for("digits") < 1437 // 10  # a k that fits the digits' classes
+    assert config.preset("digits").k < 1437 // 10  # a k that fits the digits' classes

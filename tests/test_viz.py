@@ -92,7 +92,7 @@ def test_plot_collapse_over_epochs_lines():
 
 def test_plot_soft_label_histograms_counts(noisy_digits):
     x, nz, det = noisy_digits
-    table = analysis.sample_table(det, nz.noisy, nz.clean)
+    table = analysis.detection_issues_table(det, nz.noisy, true_labels=nz.clean)
     fig = viz.plot_soft_label_histograms(table, bins=10)
     _render(fig)
     patches = fig.axes[0].patches
@@ -122,6 +122,26 @@ def test_plot_pr_roc_marks_operating_point(noisy_digits):
     fpr, tpr, _ = analysis.roc_curve(nz.is_noisy, det.discrepancy)
     assert np.allclose(roc_line.get_xdata(), fpr) and np.allclose(roc_line.get_ydata(), tpr)
     assert f"AUROC {rep['auroc']:.3f}" in [t.get_text() for t in fig.axes[1].get_legend().texts]
+
+
+def test_plot_pr_roc_operating_point_uses_the_shared_prf(noisy_digits):
+    """Where precision is undefined (nothing flagged) the plot says NaN, as
+    detection.detection_metrics and the widgets do, instead of a made-up 0."""
+    _, nz, det = noisy_digits
+    everything_clean = np.ones_like(det.clean)
+    fig = viz.plot_pr_roc(nz.is_noisy, det.discrepancy, everything_clean)
+    ref = detection.detection_metrics(everything_clean, nz.is_noisy)
+    assert np.isnan(ref["precision"]) and ref["recall"] == 0.0
+    pr_point = fig.axes[0].get_lines()[-1]
+    assert np.isnan(pr_point.get_ydata()[0]) and pr_point.get_xdata()[0] == 0.0
+    roc_point = fig.axes[1].get_lines()[-1]
+    assert roc_point.get_xdata()[0] == 0.0 and roc_point.get_ydata()[0] == 0.0
+    # a real selection: the marked point is detection_metrics' precision / recall
+    fig = viz.plot_pr_roc(nz.is_noisy, det.discrepancy, det.clean)
+    ref = detection.detection_metrics(det.clean, nz.is_noisy)
+    pr_point = fig.axes[0].get_lines()[-1]
+    assert pr_point.get_ydata()[0] == ref["precision"]
+    assert pr_point.get_xdata()[0] == ref["recall"]
 
 
 def test_plot_confusion_and_transition_cells():

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from moit_explore import analysis, detection, noise, runs, widgets  # noqa: E402
+from moit_explore import analysis, detection, noise, runs, validation, widgets  # noqa: E402
 
 K_MAX = 60
 
@@ -48,9 +48,10 @@ def test_k_slider_equals_fresh_detection(setup):
             assert got[key] == pytest.approx(value, nan_ok=True), (k, key)
         assert got["k"] == k and got["n_selected"] == fresh.clean.sum()
         h = panel.histograms
-        assert h["clean"].sum() == (~nz.is_noisy).sum() and h["noisy"].sum() == nz.is_noisy.sum()
+        assert h["correct label"].sum() == (~nz.is_noisy).sum()
+        assert h["noisy label"].sum() == nz.is_noisy.sum()
         counts, _ = np.histogram(fresh.discrepancy[nz.is_noisy], h["edges"])
-        assert np.array_equal(h["noisy"], counts)
+        assert np.array_equal(h["noisy label"], counts)
     # metrics(k) answers without moving the panel
     m = panel.metrics(7)
     assert panel.k == K_MAX and m["k"] == 7
@@ -64,9 +65,15 @@ def test_k_slider_without_true_labels(setup):
     _, nz, nb = setup
     panel = widgets.KSliderPanel(nb, nz.noisy, 10, k=10)
     m = panel.last
-    assert "precision" not in m and m["n_selected"] + m["n_flagged"] == len(nz.noisy)
-    assert set(panel.histograms) == {"edges", "selected", "flagged"}
-    assert panel.histograms["flagged"].sum() == m["n_flagged"]
+    assert "precision" not in m and m["n_selected"] + m["n_label_issues"] == len(nz.noisy)
+    assert set(panel.histograms) == {"edges", "clean", "label issue"}
+    assert panel.histograms["label issue"].sum() == m["n_label_issues"]
+
+
+def test_k_slider_starts_at_the_one_default_k(setup):
+    _, nz, nb = setup
+    panel = widgets.KSliderPanel(nb, nz.noisy, 10)
+    assert panel.k == min(validation.default_k(nz.noisy), K_MAX)
 
 
 def test_k_slider_widget_reacts(setup):
@@ -106,8 +113,8 @@ def test_panels_work_without_ipywidgets(setup, monkeypatch):
 def test_threshold_panel_counts_match_numpy(setup):
     _, nz, nb = setup
     det = detection.detect_from_neighbors(nb, nz.noisy, 10, k=20)
-    panel = widgets.ThresholdPanel(det.discrepancy, nz.noisy, det.agree, 10,
-                                   is_noisy=nz.is_noisy)
+    panel = widgets.ThresholdPanel(det.discrepancy, labels=nz.noisy, agree=det.agree,
+                                   num_classes=10, is_noisy=nz.is_noisy)
     for t in (0.0, 0.3, 1.0, 2.5, 10.0):
         got = panel.update(threshold=t)
         clean = det.discrepancy <= t
@@ -120,8 +127,10 @@ def test_threshold_panel_counts_match_numpy(setup):
         else:
             assert np.isnan(got["precision"])
         assert got["recall"] == pytest.approx(tp / nz.is_noisy.sum())
+        # the panel's numbers are detection_metrics' (one PRF: NaN where undefined)
         ref = detection.detection_metrics(clean, nz.is_noisy)
-        assert got["f1"] == pytest.approx(ref["f1"], nan_ok=True)
+        for key in ("precision", "recall", "f1", "selected_noise_rate"):
+            assert got[key] == pytest.approx(ref[key], nan_ok=True), (t, key)
     for balance in ("none", "min", "median", "max"):
         got = panel.update(criterion=balance)
         ref = detection.select_clean(det.discrepancy, nz.noisy, det.agree, 10, balance)
@@ -132,13 +141,19 @@ def test_threshold_panel_counts_match_numpy(setup):
 def test_threshold_panel_short_form_and_widget(setup):
     _, nz, nb = setup
     det = detection.detect_from_neighbors(nb, nz.noisy, 10, k=20)
-    panel = widgets.ThresholdPanel(det.discrepancy, nz.is_noisy)  # (discrepancy, is_noisy)
+    panel = widgets.ThresholdPanel(det.discrepancy, is_noisy=nz.is_noisy)
     assert panel.criteria == ("threshold",) and panel.is_noisy is not None
     assert panel.last["n_selected"] == np.sum(det.discrepancy <= np.median(det.discrepancy))
     with pytest.raises(ValueError, match="needs labels, agree and num_classes"):
         panel.update(criterion="median")
-    from_det = widgets.ThresholdPanel(det, nz.noisy, is_noisy=nz.is_noisy, criterion="median")
+    from_det = widgets.ThresholdPanel.from_detection(det, nz.noisy, is_noisy=nz.is_noisy,
+                                                     criterion="median")
     assert from_det.last["n_selected"] == det.clean.sum()
+    # one contract: no reading a bool array in second place as is_noisy, nor a Detection first
+    with pytest.raises(TypeError):
+        widgets.ThresholdPanel(det.discrepancy, nz.is_noisy)
+    with pytest.raises(TypeError, match="from_detection"):
+        widgets.ThresholdPanel(det, is_noisy=nz.is_noisy)
     pytest.importorskip("ipywidgets")
     panel.widget()
     panel._slider.value = 0.5
@@ -152,8 +167,10 @@ def test_threshold_panel_short_form_and_widget(setup):
 def test_suspicious_images_most_suspicious_of_a_class(setup, digits):
     _, nz, nb = setup
     det = detection.detect_from_neighbors(nb, nz.noisy, 10, k=20)
-    panel = widgets.SuspiciousImagesPanel(digits.train_images, nz.noisy, det.discrepancy,
-                                          det.corrected_labels, digits.classes, n_images=12)
+    panel = widgets.SuspiciousImagesPanel(digits.train_images, nz.noisy,
+                                          discrepancy=det.discrepancy,
+                                          suggested=det.corrected_labels,
+                                          classes=digits.classes, n_images=12)
     for c in (0, 3):
         shown = panel.update(c)
         members = np.flatnonzero(nz.noisy == c)
@@ -163,9 +180,13 @@ def test_suspicious_images_most_suspicious_of_a_class(setup, digits):
     assert np.array_equal(everything, np.argsort(-det.discrepancy, kind="stable")[:12])
     # the top of the ranking is mostly truly mislabelled
     assert nz.is_noisy[everything].mean() > 0.7
-    # the (images, detection, labels) form
-    other = widgets.SuspiciousImagesPanel(digits.train_images, det, nz.noisy,
-                                          classes=digits.classes, true_labels=nz.clean)
+    # from a detection
+    other = widgets.SuspiciousImagesPanel.from_detection(digits.train_images, det, nz.noisy,
+                                                         classes=digits.classes,
+                                                         true_labels=nz.clean)
+    with pytest.raises(TypeError, match="from_detection"):
+        widgets.SuspiciousImagesPanel(digits.train_images, det, discrepancy=det.discrepancy,
+                                      suggested=det.corrected_labels)
     assert np.array_equal(other.update(3)[:12], panel.update(3))
     with pytest.raises(ValueError, match="class index"):
         panel.update(10)
@@ -178,9 +199,9 @@ def test_suspicious_images_most_suspicious_of_a_class(setup, digits):
 # --------------------------------------------------------------------------- epochs
 
 
-def _write_run(root, name, given, true, snaps, final_feats):
+def _write_run(root, name, given, true, snaps, final_feats, config=None):
     path = runs.create_run_dir(root, name)
-    runs.write_json_atomic(path / runs.CONFIG_FILE, {"method": "moit"})
+    runs.write_json_atomic(path / runs.CONFIG_FILE, {"method": "moit", **(config or {})})
     for epoch, feats in snaps.items():
         runs.save_snapshot(path, epoch, feats, given, true)
     runs.save_final(path, final_feats, None, given, true)
@@ -213,3 +234,24 @@ def test_epoch_panel_metrics_and_compare(tmp_path, setup):
     panel.widget()
     panel._slider.value = 1
     assert panel.epoch == 1 and "kNN acc (true)" in panel._html.value
+
+
+def test_epoch_panel_takes_k_from_the_run_config(tmp_path, setup):
+    """Where a run is at hand its k comes from its config.json (Run.k), not a default."""
+    feats, nz, _ = setup
+    run = _write_run(tmp_path, "r", nz.noisy, nz.clean, {1: feats}, feats, config={"k": 7})
+    assert run.k == 7 and runs.load_run(run.path).k == 7
+    panel = widgets.EpochPanel(run, subsample=200)
+    ref = analysis.collapse_metrics(run.snapshot(1)["features"], nz.noisy, nz.clean, k=7)
+    other_k = analysis.collapse_metrics(run.snapshot(1)["features"], nz.noisy, nz.clean, k=30)
+    out = panel.update(1)
+    for key, value in ref.items():
+        assert out[key] == pytest.approx(value)
+    assert any(out[key] != pytest.approx(other_k[key]) for key in ref)
+    # a run directory without k in its config: the one default
+    bare = _write_run(tmp_path, "bare", nz.noisy, nz.clean, {}, feats)
+    assert bare.k is None
+    default = analysis.collapse_metrics(feats, nz.noisy, nz.clean,
+                                        k=validation.default_k(nz.noisy))
+    assert widgets.EpochPanel(bare, subsample=200).last["knn_acc_true"] == pytest.approx(
+        default["knn_acc_true"])
