@@ -27,10 +27,20 @@ import pickle
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moit_explore.noise import read_label_file
+from moit_explore.noise import (
+    NoisyLabels,
+    inject_noise,
+    labels_from_file,
+    read_label_file,
+    realised_transition,
+)
+
+if TYPE_CHECKING:
+    from moit_explore.config import TrainConfig
 
 __all__ = [
     "DATASET_NAMES",
@@ -39,9 +49,11 @@ __all__ = [
     "DatasetBundle",
     "channel_stats",
     "fetch",
+    "load_data",
     "load_dataset",
     "read_idx",
     "subset",
+    "training_subset",
 ]
 
 DATASET_NAMES = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder:<path>")
@@ -581,6 +593,36 @@ def subset(bundle: DatasetBundle, n_train: int | None = None, n_test: int | None
         if bundle.test_coarse is not None:
             out.test_coarse = bundle.test_coarse[idx]
     return out
+
+
+def training_subset(cfg: TrainConfig, *, download: bool = True) -> DatasetBundle:
+    """The data set a training configuration trains on: ``cfg.dataset`` from
+    ``cfg.data_root``, subset to ``cfg.n_train`` / ``cfg.n_test``."""
+    bundle = load_dataset(cfg.dataset, cfg.data_root, download=download,
+                          image_size=cfg.image_size, channels=cfg.image_channels)
+    return subset(bundle, cfg.n_train, cfg.n_test, seed=cfg.subset_seed)
+
+
+def load_data(cfg: TrainConfig, *, download: bool = True) -> tuple[DatasetBundle, NoisyLabels]:
+    """The data set (subset) and its label noise for a TrainConfig: (DatasetBundle, NoisyLabels).
+
+    Noise is drawn on the subset, after subsetting. A ``noise_file`` (or labels shipped with
+    the data set, e.g. CIFAR-10N) replaces synthetic noise.
+    """
+    bundle = training_subset(cfg, download=download)
+    c = bundle.num_classes
+    if cfg.noise_file:
+        noisy = labels_from_file(cfg.noise_file, bundle.train_labels, c)
+    elif bundle.given_train_labels is not None:
+        given = np.asarray(bundle.given_train_labels, dtype=np.int64).copy()
+        clean = np.asarray(bundle.train_labels, dtype=np.int64).copy()
+        noisy = NoisyLabels(noisy=given, clean=clean, is_noisy=given != clean,
+                            transition=realised_transition(clean, given, c), kind="file",
+                            rate=float((given != clean).mean()), seed=-1)
+    else:
+        noisy = inject_noise(bundle.train_labels, cfg.noise, cfg.rate, c, seed=cfg.noise_seed,
+                             dataset=bundle.name, coarse_labels=bundle.train_coarse)
+    return bundle, noisy
 
 
 def fetch(name: str, root: str | Path = "data") -> Path:

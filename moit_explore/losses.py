@@ -26,6 +26,7 @@ from torch import Tensor
 from moit_explore.memory import CrossBatchMemory, MemoryView
 
 __all__ = [
+    "draw_lam",
     "mixup",
     "icl_loss_terms",
     "icl_loss",
@@ -180,7 +181,8 @@ def _batch_weights(img: Tensor, y_row: Tensor, mix_img: Tensor, y_mix: Tensor,
 
 
 def _memory_mean_log_prob(Z: Tensor, tau: float, view: MemoryView,
-                          positives: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+                          positives: list[tuple[Tensor, Tensor]],
+                          num_classes: int | None = None) -> list[Tensor]:
     """Memory term: for each (y_pos (2B,), W (2B, 2B)) the (2B,) mean log p over the positives.
 
     Candidates are all M filled slots except the anchor's own slot. A slot is a positive when
@@ -194,11 +196,15 @@ def _memory_mean_log_prob(Z: Tensor, tau: float, view: MemoryView,
     Zs = Z / tau
     S = Zs @ feats.T                                                      # (2B, M)
     rows = torch.arange(Z.shape[0], device=Z.device)
-    neg_inf = torch.tensor(float("-inf"), device=Z.device)
+    neg_inf = S.new_full((), float("-inf"))  # made on the device: no host-to-device copy
     lse = torch.logsumexp(S.index_put((rows, slots), neg_inf), dim=1)   # a row is not its own cand.
-    n_cls = int(torch.cat([labels, *(y for y, _ in positives)]).max()) + 1
+    if num_classes is None:  # read from the labels: a host read (a synchronisation on a GPU)
+        num_classes = int(torch.cat([labels, *(y for y, _ in positives)]).max()) + 1
+    n_cls = num_classes
     class_sum = torch.zeros(n_cls, feats.shape[1], device=Z.device).index_add_(0, labels, feats)
-    class_cnt = torch.bincount(labels, minlength=n_cls).float()
+    # counted by index_add_, not bincount, which reads the largest label back to the host
+    class_cnt = torch.zeros(n_cls, device=Z.device).index_add_(
+        0, labels, torch.ones(labels.shape[0], device=Z.device))
     S_batch = S[:, slots]                                                 # (2B, 2B)
     slot_labels = labels[slots]
     out = []
@@ -214,64 +220,93 @@ def _memory_mean_log_prob(Z: Tensor, tau: float, view: MemoryView,
 # --------------------------------------------------------------------------- mixup
 
 
-def mixup(x: Tensor, alpha: float = 1.0,
-          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, float]:
+def draw_lam(alpha: float, generator: torch.Generator | None = None) -> float:
+    """The mixing coefficient ``lam = max(l, 1 - l)``, ``l ~ Beta(alpha, alpha)``; 1 for alpha 0.
+
+    One int64 seed is drawn from the torch RNG (``generator``, or the global one) and seeds a
+    NumPy Generator that draws the Beta variate, because torch's Gamma sampler cannot take a
+    generator. lam is a host value: drawing it from a generator on a GPU reads the seed back
+    (a synchronisation); from a CPU generator it is a host memory read.
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device).item())
+    if alpha > 0.0:
+        l = float(np.random.default_rng(seed).beta(alpha, alpha))
+        return max(l, 1.0 - l)
+    return 1.0
+
+
+def mixup(x: Tensor, alpha: float = 1.0, generator: torch.Generator | None = None, *,
+          lam_generator: torch.Generator | None = None,
+          check: bool = True) -> tuple[Tensor, Tensor, float]:
     """Interpolate a batch with a shuffled copy of itself (spec §2).
 
     x: (B, ...) floating point. Returns ``(x_mixed, perm, lam)`` with
     ``x_mixed = lam * x + (1 - lam) * x[perm]``, ``perm`` (B,) int64 on ``x.device`` and ``lam``
     a Python float, ``lam = max(l, 1 - l)`` with ``l ~ Beta(alpha, alpha)``; ``alpha == 0`` gives
-    ``lam = 1`` (no mixing). Randomness: one int64 seed is drawn from the torch RNG
-    (``generator``, or the global one) and seeds a NumPy Generator that draws the Beta variate,
-    because torch's Gamma sampler cannot take a generator; so runs are reproducible under
-    ``torch.manual_seed`` or a seeded ``generator`` alike.
+    ``lam = 1`` (no mixing). Randomness: lam from :func:`draw_lam` on ``lam_generator``
+    (default: ``generator``), then the permutation from ``generator`` (or the global RNG); so
+    runs are reproducible under ``torch.manual_seed`` or seeded generators alike. A trainer on
+    a GPU passes a CPU ``lam_generator`` so that lam never waits for the device.
+    check: validate the arguments (False on the trainer's hot path).
     """
-    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError("mixup expects a non-empty (B, ...) tensor")
-    if not x.is_floating_point():
-        raise ValueError(
-            f"mixup expects floating point images, got {x.dtype}; normalise (augment) first"
-        )
-    alpha = float(alpha)
-    if not alpha >= 0.0:
-        raise ValueError(f"alpha must be >= 0 (0 = no mixing), got {alpha}")
+    if check:
+        if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1:
+            raise ValueError("mixup expects a non-empty (B, ...) tensor")
+        if not x.is_floating_point():
+            raise ValueError(
+                f"mixup expects floating point images, got {x.dtype}; normalise (augment) first"
+            )
+        alpha = float(alpha)
+        if not alpha >= 0.0:
+            raise ValueError(f"alpha must be >= 0 (0 = no mixing), got {alpha}")
+    lam = draw_lam(alpha, generator if lam_generator is None else lam_generator)
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device).item())
-    if alpha > 0.0:
-        l = float(np.random.default_rng(seed).beta(alpha, alpha))
-        lam = max(l, 1.0 - l)
-    else:
-        lam = 1.0
-    B = x.shape[0]
-    perm = torch.randperm(B, generator=generator, device=gen_device).to(x.device)
+    perm = torch.randperm(x.shape[0], generator=generator, device=gen_device).to(x.device)
     x_mixed = lam * x + (1.0 - lam) * x[perm]
     return x_mixed, perm, lam
 
 
 # --------------------------------------------------------------------------- contrastive
 
+# ``check=False`` (the trainer's hot path) skips the argument checks below: each reads values
+# back from the device (label ranges, permutations, memory slots), a synchronisation per call
+# on a GPU. The arguments must then be what the checks guarantee: int64 labels in [0, C) and
+# permutations on the embeddings' device, lams as Python floats in [0, 1], a memory that holds
+# the current batch, and ``num_classes`` given when a memory is.
+
+
+def _as_view(memory: MemoryLike) -> MemoryView:
+    return memory.view() if callable(getattr(memory, "view", None)) else memory
+
 
 def icl_loss_terms(z1: Tensor, z2: Tensor, labels: Tensor, perm1: Tensor, perm2: Tensor,
                    lam1: float | Tensor, lam2: float | Tensor, tau: float = 0.1,
-                   memory: MemoryLike | None = None) -> dict[str, Tensor]:
+                   memory: MemoryLike | None = None, *, num_classes: int | None = None,
+                   check: bool = True) -> dict[str, Tensor]:
     """Interpolated contrastive loss terms (spec §2a).
 
     z1, z2: (B, D) L2-normalised projections of the two interpolated views.
     labels: (B,) given labels. perm1, perm2: (B,) the views' mixup permutations; lam1, lam2 their
     lams. memory: a CrossBatchMemory / MemoryView that ALREADY holds the current 2B rows
-    (``batch_slots`` maps row r to its slot), or None.
+    (``batch_slots`` maps row r to its slot), or None. num_classes: C, when known (else read
+    from the labels). check: validate the arguments (False on the trainer's hot path).
     Returns ``{"icl_batch": (), "icl_memory": ()}`` fp32 scalars (memory term 0 without memory).
     """
-    B = _check_z(z1, z2)
-    dev = z1.device
-    labels = _check_labels(labels, B).to(dev)
-    perms = [_check_perm(perm1, B, dev, "perm1"), _check_perm(perm2, B, dev, "perm2")]
-    lam1, lam2 = _check_lam(lam1, "lam1"), _check_lam(lam2, "lam2")
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    view = _memory_view(memory, 2 * B, z1.shape[1], dev) if memory is not None else None
+    if check:
+        _check_z(z1, z2)
+    B, dev = z1.shape[0], z1.device
+    if check:
+        labels = _check_labels(labels, B).to(dev)
+        perm1, perm2 = _check_perm(perm1, B, dev, "perm1"), _check_perm(perm2, B, dev, "perm2")
+        lam1, lam2 = _check_lam(lam1, "lam1"), _check_lam(lam2, "lam2")
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        view = _memory_view(memory, 2 * B, z1.shape[1], dev) if memory is not None else None
+    else:
+        view = _as_view(memory) if memory is not None else None
     with _fp32(dev):
-        Z, img, y_row, mix_img, y_mix = _stack_views(z1, z2, labels, perms)
+        Z, img, y_row, mix_img, y_mix = _stack_views(z1, z2, labels, [perm1, perm2])
         lam = torch.cat([torch.full((B,), lam1, device=dev), torch.full((B,), lam2, device=dev)])
         W_a, W_b, eye = _batch_weights(img, y_row, mix_img, y_mix, interpolated=True)
         S = Z @ Z.T / tau
@@ -280,7 +315,8 @@ def icl_loss_terms(z1: Tensor, z2: Tensor, labels: Tensor, perm1: Tensor, perm2:
         if view is None:
             mem = torch.zeros((), device=dev)
         else:
-            mean_a, mean_b = _memory_mean_log_prob(Z, tau, view, [(y_row, W_a), (y_mix, W_b)])
+            mean_a, mean_b = _memory_mean_log_prob(Z, tau, view, [(y_row, W_a), (y_mix, W_b)],
+                                                   num_classes)
             mem = -(lam * mean_a + (1.0 - lam) * mean_b).mean()
     return {"icl_batch": batch, "icl_memory": mem}
 
@@ -294,27 +330,33 @@ def icl_loss(z1: Tensor, z2: Tensor, labels: Tensor, perm1: Tensor, perm2: Tenso
 
 
 def supcon_loss(z1: Tensor, z2: Tensor, labels: Tensor, tau: float = 0.1,
-                memory: MemoryLike | None = None) -> Tensor:
+                memory: MemoryLike | None = None, *, num_classes: int | None = None,
+                check: bool = True) -> Tensor:
     """Plain supervised contrastive loss (Khosla et al. 2020, L_out), no interpolation.
 
     loss_r = -mean_{s != r, y_s = y_r} log p(r, s) over the 2B rows of ``cat([z1, z2])``,
     averaged over rows; with ``memory`` (already holding the current batch) a second term
     with all filled slots as candidates is added, the batch's slots using the batch mask.
-    z1, z2: (B, D); labels: (B,). Returns a fp32 scalar. The baseline that collapses under noise.
+    z1, z2: (B, D); labels: (B,). num_classes, check: as :func:`icl_loss_terms`.
+    Returns a fp32 scalar. The baseline that collapses under noise.
     """
-    B = _check_z(z1, z2)
-    dev = z1.device
-    labels = _check_labels(labels, B).to(dev)
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    view = _memory_view(memory, 2 * B, z1.shape[1], dev) if memory is not None else None
+    if check:
+        _check_z(z1, z2)
+    B, dev = z1.shape[0], z1.device
+    if check:
+        labels = _check_labels(labels, B).to(dev)
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        view = _memory_view(memory, 2 * B, z1.shape[1], dev) if memory is not None else None
+    else:
+        view = _as_view(memory) if memory is not None else None
     with _fp32(dev):
         Z, img, y_row, mix_img, y_mix = _stack_views(z1, z2, labels, [])
         W_a, _, eye = _batch_weights(img, y_row, mix_img, y_mix, interpolated=False)
         (mean_a,) = _row_mean_log_prob(Z @ Z.T / tau, eye, [W_a])
         loss = -mean_a.mean()
         if view is not None:
-            (mean_a,) = _memory_mean_log_prob(Z, tau, view, [(y_row, W_a)])
+            (mean_a,) = _memory_mean_log_prob(Z, tau, view, [(y_row, W_a)], num_classes)
             loss = loss - mean_a.mean()
     return loss
 
@@ -326,38 +368,44 @@ def _ce_rows(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets, reduction="none")
 
 
-def mixup_ce(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float | Tensor) -> Tensor:
+def mixup_ce(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float | Tensor, *,
+             check: bool = True) -> Tensor:
     """Mixup cross-entropy ``mean_r [lam CE(logits_r, y_a) + (1 - lam) CE(logits_r, y_b)]``.
 
     logits: (N, C); y_a, y_b: (N,) class indices; lam: scalar. Returns a fp32 scalar.
+    check: validate the arguments (False on the trainer's hot path).
     """
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
-    N = logits.shape[0]
-    y_a, y_b = _check_labels(y_a, N, "y_a"), _check_labels(y_b, N, "y_b")
-    lam = _check_lam(lam, "lam")
+    if check:
+        if logits.ndim != 2:
+            raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
+        N = logits.shape[0]
+        y_a, y_b = _check_labels(y_a, N, "y_a"), _check_labels(y_b, N, "y_b")
+        lam = _check_lam(lam, "lam")
     with _fp32(logits.device):
         lg = logits.float()
         return (lam * _ce_rows(lg, y_a) + (1.0 - lam) * _ce_rows(lg, y_b)).mean()
 
 
 def mixup_bootstrap_loss(logits: Tensor, y_a: Tensor, y_b: Tensor, pred_a: Tensor,
-                         pred_b: Tensor, lam: float | Tensor, beta: float = 0.2) -> Tensor:
+                         pred_b: Tensor, lam: float | Tensor, beta: float = 0.2, *,
+                         check: bool = True) -> Tensor:
     """MOIT+ mixup with hard bootstrapping (spec §4).
 
     ``mean_r lam[(1-beta) CE(y_a) + beta CE(pred_a)] + (1-lam)[(1-beta) CE(y_b) + beta CE(pred_b)]``
     logits: (N, C); y_a, y_b: (N,) given labels of the dominant / mixed-in image; pred_a, pred_b:
     (N,) argmax of the model on the non-augmented images (the caller detaches). fp32 scalar.
+    check: validate the arguments (False on the trainer's hot path).
     """
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
-    N = logits.shape[0]
-    y_a, y_b = _check_labels(y_a, N, "y_a"), _check_labels(y_b, N, "y_b")
-    pred_a, pred_b = _check_labels(pred_a, N, "pred_a"), _check_labels(pred_b, N, "pred_b")
-    lam = _check_lam(lam, "lam")
-    beta = float(beta)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if check:
+        if logits.ndim != 2:
+            raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
+        N = logits.shape[0]
+        y_a, y_b = _check_labels(y_a, N, "y_a"), _check_labels(y_b, N, "y_b")
+        pred_a, pred_b = _check_labels(pred_a, N, "pred_a"), _check_labels(pred_b, N, "pred_b")
+        lam = _check_lam(lam, "lam")
+        beta = float(beta)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
     with _fp32(logits.device):
         lg = logits.float()
         term_a = (1.0 - beta) * _ce_rows(lg, y_a) + beta * _ce_rows(lg, pred_a)
@@ -368,7 +416,8 @@ def mixup_bootstrap_loss(logits: Tensor, y_a: Tensor, y_b: Tensor, pred_a: Tenso
 def classification_loss_terms(logits1: Tensor, logits2: Tensor, logits0: Tensor | None,
                               labels: Tensor, perm1: Tensor, perm2: Tensor,
                               lam1: float | Tensor, lam2: float | Tensor,
-                              clean: Tensor | None = None) -> dict[str, Tensor]:
+                              clean: Tensor | None = None, *,
+                              check: bool = True) -> dict[str, Tensor]:
     """Classification loss terms (spec §2b) over the 2B interpolated rows.
 
     logits1, logits2: (B, C) of the views interpolated with (perm1, lam1), (perm2, lam2).
@@ -379,26 +428,28 @@ def classification_loss_terms(logits1: Tensor, logits2: Tensor, logits0: Tensor 
     the dominant image's mask; divided by 2B), ``cls_unlabeled = mean_r [lam (1 - a[i(r)])
     H(q[i(r)]) + (1-lam)(1 - a[perm(i(r))]) H(q[perm(i(r))])]`` with ``q = softmax(logits0)`` and
     ``H(q, logits) = -sum_c q_c log_softmax(logits)_c``. Returns fp32 scalars.
+    check: validate the arguments (False on the trainer's hot path).
     """
-    if logits1.ndim != 2 or logits1.shape != logits2.shape:
+    if check and (logits1.ndim != 2 or logits1.shape != logits2.shape):
         raise ValueError(
             f"logits1 and logits2 must both be (B, C), got {tuple(logits1.shape)} and "
             f"{tuple(logits2.shape)}"
         )
     B, C = logits1.shape
     dev = logits1.device
-    labels = _check_labels(labels, B).to(dev)
-    perm1, perm2 = _check_perm(perm1, B, dev, "perm1"), _check_perm(perm2, B, dev, "perm2")
-    lam1, lam2 = _check_lam(lam1, "lam1"), _check_lam(lam2, "lam2")
-    if clean is not None:
-        if not isinstance(clean, Tensor) or clean.shape != (B,):
-            raise ValueError(f"clean must be a (B,) = ({B},) bool or 0/1 float mask")
-        if logits0 is None or logits0.shape != (B, C):
-            got = None if logits0 is None else tuple(logits0.shape)
-            raise ValueError(
-                f"with a clean mask, logits0 (the non-augmented forward pass) must be ({B}, {C}), "
-                f"got {got}"
-            )
+    if check:
+        labels = _check_labels(labels, B).to(dev)
+        perm1, perm2 = _check_perm(perm1, B, dev, "perm1"), _check_perm(perm2, B, dev, "perm2")
+        lam1, lam2 = _check_lam(lam1, "lam1"), _check_lam(lam2, "lam2")
+        if clean is not None:
+            if not isinstance(clean, Tensor) or clean.shape != (B,):
+                raise ValueError(f"clean must be a (B,) = ({B},) bool or 0/1 float mask")
+            if logits0 is None or logits0.shape != (B, C):
+                got = None if logits0 is None else tuple(logits0.shape)
+                raise ValueError(
+                    f"with a clean mask, logits0 (the non-augmented forward pass) must be "
+                    f"({B}, {C}), got {got}"
+                )
     with _fp32(dev):
         logits = torch.cat([logits1, logits2]).float()
         lam = torch.cat([torch.full((B,), lam1, device=dev), torch.full((B,), lam2, device=dev)])

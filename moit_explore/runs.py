@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,19 +32,28 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+
+from moit_explore import datasets, noise
+from moit_explore.config import TrainConfig
 
 __all__ = [
     "Run",
     "append_metrics",
+    "atomic_target",
     "create_run_dir",
     "is_run_dir",
+    "jsonable",
     "load_checkpoint",
     "load_run",
     "read_json",
     "read_metrics",
     "save_checkpoint",
     "save_final",
+    "save_noise",
+    "save_npz_atomic",
     "save_snapshot",
+    "truncate_metrics",
     "unique_run_dir",
     "write_json_atomic",
 ]
@@ -95,8 +105,6 @@ def unique_run_dir(root: str | Path, name: str) -> Path:
 
 
 def _empty_dir(path: Path) -> None:
-    import shutil
-
     for child in path.iterdir():
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
@@ -113,7 +121,7 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 @contextmanager
-def _atomic_target(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_target(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
@@ -130,16 +138,16 @@ def _atomic_target(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON values: NumPy scalars/arrays, tuples and Paths converted; NaN/inf -> null."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
+        return jsonable(obj.item())
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -150,8 +158,8 @@ def _jsonable(obj: Any) -> Any:
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (NaN becomes null, tuples lists)."""
     path = Path(path)
-    with _atomic_target(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    with atomic_target(path) as tmp:
+        tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -169,7 +177,7 @@ def read_json(path: str | Path) -> Any:
 def append_metrics(run_dir: str | Path, row: dict) -> None:
     """Append one JSON line to ``run_dir/metrics.jsonl`` (flushed and fsynced)."""
     path = Path(run_dir) / METRICS_FILE
-    line = json.dumps(_jsonable(row), allow_nan=False)
+    line = json.dumps(jsonable(row), allow_nan=False)
     with open(path, "a") as f:
         f.write(line + "\n")
         f.flush()
@@ -195,7 +203,7 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     return df.astype({c: float for c in df.columns if df[c].isna().all()})
 
 
-def _truncate_metrics(run_dir: Path, last_epoch: int) -> None:
+def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
     """Drop metric rows after ``last_epoch`` (a resume continues from the checkpoint)."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
@@ -207,7 +215,7 @@ def _truncate_metrics(run_dir: Path, last_epoch: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
             continue
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in keep))
 
 
@@ -220,10 +228,8 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     ``state`` must hold only tensors, numbers, strings, lists, tuples and dicts, so that
     :func:`load_checkpoint` can read it with ``weights_only=True``.
     """
-    import torch
-
     path = Path(path)
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         torch.save(state, tmp)
 
 
@@ -232,8 +238,6 @@ def load_checkpoint(path: str | Path) -> dict:
 
     A missing, truncated or corrupt file raises an error naming the file and the fix.
     """
-    import torch
-
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
@@ -259,10 +263,21 @@ def load_checkpoint(path: str | Path) -> dict:
 # --------------------------------------------------------------------------- embeddings
 
 
-def _save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
-    with _atomic_target(path, suffix=".npz") as tmp:
+def save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
+    """``np.savez(path, **arrays)``, atomically."""
+    with atomic_target(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+
+
+def save_noise(run_dir: str | Path, noisy: noise.NoisyLabels) -> Path:
+    """Write the run's given and true labels, ``noise.npz`` (:func:`noise.save_noise`),
+    atomically."""
+    path = Path(run_dir) / NOISE_FILE
+    with atomic_target(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            noise.save_noise(f, noisy)
+    return path
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -279,7 +294,7 @@ def save_snapshot(run_dir: str | Path, epoch: int, features: Any, labels_given: 
                   labels_true: Any) -> Path:
     """Write ``embeddings/epoch_XXXX.npz``: features (N, D) as float16, labels, epoch."""
     path = snapshot_path(run_dir, epoch)
-    _save_npz_atomic(path, {
+    save_npz_atomic(path, {
         "features": _to_numpy(features).astype(np.float16),
         "labels_given": _to_numpy(labels_given).astype(np.int64),
         "labels_true": _to_numpy(labels_true).astype(np.int64),
@@ -289,10 +304,11 @@ def save_snapshot(run_dir: str | Path, epoch: int, features: Any, labels_given: 
 
 
 def save_final(run_dir: str | Path, features: Any, detection: Any, labels_given: Any,
-               labels_true: Any) -> Path:
+               labels_true: Any, **extra: np.ndarray) -> Path:
     """Write ``embeddings/final.npz`` from the final features and a detection.Detection.
 
-    ``detection`` None (detection switched off) writes only features and labels.
+    ``detection`` None (detection switched off) writes only features and labels. ``extra``:
+    further arrays of the run (MOIT+: ``train_mask``, the samples it trained on).
     """
     arrays: dict[str, Any] = {
         "features": _to_numpy(features).astype(np.float32),
@@ -310,8 +326,9 @@ def save_final(run_dir: str | Path, features: Any, detection: Any, labels_given:
             k=np.array(int(detection.k), dtype=np.int64),
             balance=np.array(str(detection.balance)),
         )
+    arrays.update(extra)
     path = Path(run_dir) / EMBEDDINGS_DIR / FINAL_FILE
-    _save_npz_atomic(path, arrays)
+    save_npz_atomic(path, arrays)
     return path
 
 
@@ -386,14 +403,7 @@ class Run:
 
     def dataset(self):
         """Reload the data set the run used (same subset): a datasets.DatasetBundle."""
-        from moit_explore import datasets
-
-        cfg = self.config
-        bundle = datasets.load_dataset(cfg["dataset"], cfg.get("data_root", "data"),
-                                       download=False, image_size=cfg.get("image_size"),
-                                       channels=int(cfg.get("image_channels", 3)))
-        return datasets.subset(bundle, cfg.get("n_train"), cfg.get("n_test"),
-                               seed=int(cfg.get("subset_seed", 0)))
+        return datasets.training_subset(TrainConfig.from_dict(self.config), download=False)
 
     def __repr__(self) -> str:
         return (f"Run({str(self.path)!r}, method={self.method!r}, epochs={len(self.metrics)}, "
@@ -403,8 +413,6 @@ class Run:
 def load_run(path: str | Path | Run) -> Run:
     """Read a run directory written by :func:`moit_explore.train.train` (or its finetune/);
     a Run already read is returned as it is."""
-    from moit_explore import noise as noise_mod
-
     if isinstance(path, Run):
         return path
     path = Path(path).expanduser()
@@ -419,7 +427,7 @@ def load_run(path: str | Path | Run) -> Run:
         raise ValueError(f"{path} is not a run directory (no {CONFIG_FILE}).{hint} Pass a folder "
                          "written by `python -m moit_explore train`")
     config = read_json(path / CONFIG_FILE)
-    noisy = noise_mod.load_noise(path / NOISE_FILE) if (path / NOISE_FILE).is_file() else None
+    noisy = noise.load_noise(path / NOISE_FILE) if (path / NOISE_FILE).is_file() else None
     emb = path / EMBEDDINGS_DIR
     epochs = sorted(int(m.group(1)) for p in (emb.iterdir() if emb.is_dir() else [])
                     if (m := _SNAPSHOT_RE.match(p.name)))

@@ -71,7 +71,7 @@ def test_metrics_append_and_read(tmp_path):
     assert df["epoch"].tolist() == [1, 2]
     assert df["test_acc"].tolist() == [0.5, 0.75]
     assert np.isnan(df["det_f1"][0]) and df["det_f1"][1] == 0.25
-    runs._truncate_metrics(tmp_path, 1)
+    runs.truncate_metrics(tmp_path, 1)
     assert runs.read_metrics(tmp_path)["epoch"].tolist() == [1]
 
 
