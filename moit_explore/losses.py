@@ -276,8 +276,18 @@ def mixup(x: Tensor, alpha: float = 1.0, generator: torch.Generator | None = Non
 # the current batch, and ``num_classes`` given when a memory is.
 
 
-def _as_view(memory: MemoryLike) -> MemoryView:
-    return memory.view() if callable(getattr(memory, "view", None)) else memory
+def _contrastive_args(z1: Tensor, z2: Tensor, labels: Tensor, tau: float,
+                      memory: MemoryLike | None, check: bool):
+    """(B, device, labels, the memory's view or None), the arguments checked when ``check``."""
+    if not check:
+        view = memory.view() if callable(getattr(memory, "view", None)) else memory
+        return z1.shape[0], z1.device, labels, view
+    B, dev = _check_z(z1, z2), z1.device
+    labels = _check_labels(labels, B).to(dev)
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    view = _memory_view(memory, 2 * B, z1.shape[1], dev) if memory is not None else None
+    return B, dev, labels, view
 
 
 def icl_loss_terms(z1: Tensor, z2: Tensor, labels: Tensor, perm1: Tensor, perm2: Tensor,
@@ -293,18 +303,10 @@ def icl_loss_terms(z1: Tensor, z2: Tensor, labels: Tensor, perm1: Tensor, perm2:
     from the labels). check: validate the arguments (False on the trainer's hot path).
     Returns ``{"icl_batch": (), "icl_memory": ()}`` fp32 scalars (memory term 0 without memory).
     """
+    B, dev, labels, view = _contrastive_args(z1, z2, labels, tau, memory, check)
     if check:
-        _check_z(z1, z2)
-    B, dev = z1.shape[0], z1.device
-    if check:
-        labels = _check_labels(labels, B).to(dev)
         perm1, perm2 = _check_perm(perm1, B, dev, "perm1"), _check_perm(perm2, B, dev, "perm2")
         lam1, lam2 = _check_lam(lam1, "lam1"), _check_lam(lam2, "lam2")
-        if not tau > 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
-        view = _memory_view(memory, 2 * B, z1.shape[1], dev) if memory is not None else None
-    else:
-        view = _as_view(memory) if memory is not None else None
     with _fp32(dev):
         Z, img, y_row, mix_img, y_mix = _stack_views(z1, z2, labels, [perm1, perm2])
         lam = torch.cat([torch.full((B,), lam1, device=dev), torch.full((B,), lam2, device=dev)])
@@ -340,16 +342,7 @@ def supcon_loss(z1: Tensor, z2: Tensor, labels: Tensor, tau: float = 0.1,
     z1, z2: (B, D); labels: (B,). num_classes, check: as :func:`icl_loss_terms`.
     Returns a fp32 scalar. The baseline that collapses under noise.
     """
-    if check:
-        _check_z(z1, z2)
-    B, dev = z1.shape[0], z1.device
-    if check:
-        labels = _check_labels(labels, B).to(dev)
-        if not tau > 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
-        view = _memory_view(memory, 2 * B, z1.shape[1], dev) if memory is not None else None
-    else:
-        view = _as_view(memory) if memory is not None else None
+    _, dev, labels, view = _contrastive_args(z1, z2, labels, tau, memory, check)
     with _fp32(dev):
         Z, img, y_row, mix_img, y_mix = _stack_views(z1, z2, labels, [])
         W_a, _, eye = _batch_weights(img, y_row, mix_img, y_mix, interpolated=False)
@@ -368,6 +361,15 @@ def _ce_rows(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets, reduction="none")
 
 
+def _check_rows(logits: Tensor, lam: float | Tensor,
+                **labels: Tensor) -> tuple[list[Tensor], float]:
+    """(N, C) logits: the checked (N,) label tensors, in the order given, and lam."""
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
+    n = logits.shape[0]
+    return [_check_labels(v, n, k) for k, v in labels.items()], _check_lam(lam, "lam")
+
+
 def mixup_ce(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float | Tensor, *,
              check: bool = True) -> Tensor:
     """Mixup cross-entropy ``mean_r [lam CE(logits_r, y_a) + (1 - lam) CE(logits_r, y_b)]``.
@@ -376,11 +378,7 @@ def mixup_ce(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float | Tensor, *,
     check: validate the arguments (False on the trainer's hot path).
     """
     if check:
-        if logits.ndim != 2:
-            raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
-        N = logits.shape[0]
-        y_a, y_b = _check_labels(y_a, N, "y_a"), _check_labels(y_b, N, "y_b")
-        lam = _check_lam(lam, "lam")
+        (y_a, y_b), lam = _check_rows(logits, lam, y_a=y_a, y_b=y_b)
     with _fp32(logits.device):
         lg = logits.float()
         return (lam * _ce_rows(lg, y_a) + (1.0 - lam) * _ce_rows(lg, y_b)).mean()
@@ -397,12 +395,8 @@ def mixup_bootstrap_loss(logits: Tensor, y_a: Tensor, y_b: Tensor, pred_a: Tenso
     check: validate the arguments (False on the trainer's hot path).
     """
     if check:
-        if logits.ndim != 2:
-            raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
-        N = logits.shape[0]
-        y_a, y_b = _check_labels(y_a, N, "y_a"), _check_labels(y_b, N, "y_b")
-        pred_a, pred_b = _check_labels(pred_a, N, "pred_a"), _check_labels(pred_b, N, "pred_b")
-        lam = _check_lam(lam, "lam")
+        (y_a, y_b, pred_a, pred_b), lam = _check_rows(logits, lam, y_a=y_a, y_b=y_b,
+                                                      pred_a=pred_a, pred_b=pred_b)
         beta = float(beta)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {beta}")

@@ -45,20 +45,18 @@ class HostReads:
         return counted
 
     @contextlib.contextmanager
-    def watch(self):
-        before, self.watching = self.watching, True
+    def _watching(self, on: bool):
+        before, self.watching = self.watching, on
         try:
             yield
         finally:
             self.watching = before
 
-    @contextlib.contextmanager
+    def watch(self):
+        return self._watching(True)
+
     def paused(self):
-        before, self.watching = self.watching, False
-        try:
-            yield
-        finally:
-            self.watching = before
+        return self._watching(False)
 
 
 @pytest.fixture
