@@ -354,13 +354,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fmnist": dict(_PAPER, dataset="fashion-mnist", epochs=60, lr_milestones=(30, 48),
                    correction_start=31, snapshot_epochs=(1, 10, 30)),
     # The CPU regime (make demo, the course in full mode, benchmarks/bench_accuracy.py): a
-    # 3,000-image Fashion-MNIST subset, a small CNN, 60 epochs with the LR at 0.1 / 0.01 / 0.001
-    # from epochs 1 / 30 / 45 (label correction from 31), long enough at low LR for CE to memorise the wrong labels (the
-    # phenomenon MOIT is built against). Deviation from the spec, named: augment="none" for
-    # EVERY method (the spec gives MOIT the complex augmentation and CE the simple one); with
-    # any augmentation a small CNN on 28 px images does not memorise within a CPU schedule,
-    # and the complex one's crops slow MOIT's contrastive learning down (measured in
-    # benchmarks/RESULTS.md, "Finding the CPU regime"). k and the memory scale with the subset.
+    # 3,000-image Fashion-MNIST subset, a small CNN, 60 epochs with the LR at 0.1 / 0.01 /
+    # 0.001 from epochs 1 / 30 / 45 (label correction from 31), long enough at low LR for CE
+    # to memorise the wrong labels (the phenomenon MOIT is built against). Deviation from the
+    # spec, named: augment="none" for EVERY method (the spec gives MOIT the complex
+    # augmentation and CE the simple one): with the simple one CE does not memorise within a
+    # CPU schedule, and the complex one's crops slow a small CNN's contrastive learning down
+    # (benchmarks/RESULTS.md, "Finding the CPU regime"). k and the memory scale with the subset.
     "cpu-demo": dict(
         _PAPER, dataset="fashion-mnist", n_train=3000, n_test=2000, arch="small_cnn",
         width=16, epochs=60, batch_size=128, lr=0.1, lr_milestones=(30, 45), xbm_begin=1,
