@@ -3,7 +3,7 @@ use it. Each concept lives in its own module:
 
 - :mod:`moit_explore.label_issues`: label issues in a data set, cleanlab style (the
   practitioner's entry point): find_label_issues, label_issues_table, detection_issues_table,
-  run_issues_table, export_label_issues, disagreement_confusion;
+  run_issues_table, export_label_issues, disagreement_confusion, label_verdict;
 - :mod:`moit_explore.collapse`: does the embedding memorise the noisy labels? knn_predict,
   knn_accuracy, class_distance_ratio, noisy_neighbourhood, collapse_metrics,
   collapse_over_epochs, knn_accuracy_table, run_collapse_metrics;
@@ -34,6 +34,7 @@ from moit_explore.label_issues import (
     export_label_issues,
     find_label_issues,
     label_issues_table,
+    label_verdict,
     run_issues_table,
 )
 from moit_explore.projection import Projection, embedding_projection
@@ -67,6 +68,7 @@ __all__ = [
     "knn_accuracy_table",
     "knn_predict",
     "label_issues_table",
+    "label_verdict",
     "memorisation",
     "noisy_neighbourhood",
     "per_class_detection",

@@ -1,8 +1,12 @@
 """Label issues in a data set, cleanlab ``find_label_issues`` style: the practitioner's entry
 point.
 
-A label issue is a sample the detection does NOT select as clean (``is_label_issue`` =
-``~clean``): its neighbours in the embedding contradict its given label.
+``is_label_issue`` is a verdict on each label by itself: the given label is a label issue when
+another class is better supported by the sample's ``k`` nearest neighbours, each class's vote
+taken relative to that class's share of the given labels (see :func:`label_verdict`). It is
+NOT the training selection: the detection's class-balanced clean selection (spec §3, balanced to
+the median class) is a device of MOIT's training and leaves correct labels out of large classes;
+it is reported as its own column, ``selected_for_training``.
 
 - :func:`find_label_issues` ``(labels, features, *, ...)``: a bool mask, or the issues'
   indices ranked by severity;
@@ -44,12 +48,19 @@ __all__ = [
     "disagreement_confusion",
     "export_label_issues",
     "find_label_issues",
+    "escape_csv_cell",
     "label_issues_table",
+    "label_verdict",
     "run_issues_table",
 ]
 
 RANKINGS = ("label_quality", "discrepancy")
-_DETECTION_KEYS = ("soft_labels", "corrected_labels", "discrepancy", "clean")
+_DETECTION_KEYS = ("soft_labels", "corrected_labels", "discrepancy", "clean",
+                   "first_pass_soft_labels")
+# a vote counts as higher than another only beyond this relative margin (float rounding)
+_REL_TOL = 1e-9
+# cells a spreadsheet would read as a formula (OWASP's CSV-injection list)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -105,18 +116,56 @@ def _detection_arrays(det: Any) -> dict[str, np.ndarray]:
                     "use label_issues_table(labels, features)")
 
 
+def label_verdict(first_pass_soft_labels: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The per-sample verdict on each given label: (is_label_issue bool (N,), suggested int64 (N,)).
+
+    first_pass_soft_labels: p1 (N, C), the fraction of each sample's k nearest neighbours
+    carrying each given label (detection.Detection.first_pass_soft_labels). Each class's vote
+    is divided by that class's share of the given labels, pi_c = n_c / N:
+    ``support_c = p1(c) / pi_c`` (a kNN estimate of how typical the sample is of class c, its
+    density ratio; classes without samples get 0). A label is an issue when another class has
+    strictly more support than the given one; the suggested label is the best supported class
+    (the given one on a tie). So
+
+    - a sample whose neighbours all carry its label is never an issue (every other class has
+      support 0), whatever the class sizes;
+    - a small class is not outvoted merely for being small (k larger than the class);
+    - the verdict depends on no other sample's verdict, on no selection, and not on
+      ``num_classes`` (absent classes have no votes);
+    - is_label_issue == (suggested != given).
+    """
+    p1 = np.asarray(first_pass_soft_labels, dtype=np.float64)
+    if p1.ndim != 2:
+        raise ValueError(f"first_pass_soft_labels must be 2-D (N, C), got shape {p1.shape}")
+    n, c = p1.shape
+    y = check_labels(labels, n, c)
+    share = np.bincount(y, minlength=c) / max(n, 1)
+    support = np.divide(p1, share, out=np.zeros_like(p1), where=share > 0)
+    own = support[np.arange(n), y]
+    best = support.argmax(axis=1)
+    issue = support[np.arange(n), best] > own * (1 + _REL_TOL)
+    return issue, np.where(issue, best, y).astype(np.int64)
+
+
 def _issue_arrays(det: Any, labels: Any) -> dict[str, Any]:
-    """Given / suggested labels, label quality, discrepancy and is_label_issue of a detection."""
+    """Given / suggested labels, label quality, discrepancy, is_label_issue and the training
+    selection of a detection."""
     d = _detection_arrays(det)
     soft = np.asarray(d["soft_labels"], dtype=np.float64)
     n, c = soft.shape
     y = check_labels(labels, n, c)
+    p1 = np.asarray(d["first_pass_soft_labels"], dtype=np.float64)
+    if p1.shape != soft.shape:
+        raise ValueError(f"first_pass_soft_labels has shape {p1.shape}, soft_labels {soft.shape}; "
+                         "pass the arrays of one detection")
+    issue, suggested = label_verdict(p1, y)
     return {
         "given": y,
-        "suggested": check_labels(d["corrected_labels"], n, c, name="corrected_labels"),
+        "suggested": suggested,
         "quality": soft[np.arange(n), y],
         "discrepancy": np.asarray(d["discrepancy"], dtype=np.float64),
-        "is_label_issue": ~check_mask(d["clean"], n, "clean"),
+        "is_label_issue": issue,
+        "selected_for_training": check_mask(d["clean"], n, "clean"),
         "num_classes": c,
     }
 
@@ -145,8 +194,10 @@ def find_label_issues(
 
     labels (N,) integer class indices; features (N, D) an embedding of the same samples, in
     the same order. detection.detect_noise runs with ``k`` (None: validation.default_k; for
-    features of a training run pass its ``run.k``) and ``balance``. A label issue is a sample
-    NOT selected as clean.
+    features of a training run pass its ``run.k``) and ``balance``. A label issue: another
+    class is better supported by the neighbours than the given label, each class's vote
+    relative to its share of the labels (:func:`label_verdict`); ``balance`` only changes the
+    ``selected_for_training`` column of the tables, never the issues.
 
     Returns a bool mask (N,), or with ``return_indices_ranked_by`` ("label_quality":
     ascending pass-2 probability of the given label; "discrepancy": descending) the indices of
@@ -176,10 +227,13 @@ def detection_issues_table(
     detection_result: a detection.Detection, or a mapping with its arrays (a run's final());
     labels: the given labels (N,) it was computed with.
 
-    Columns: is_label_issue (not selected as clean), label_quality (in [0, 1], lower is worse:
-    pass-2 soft-label probability of the given label), given_label, suggested_label (the
-    neighbours' corrected label), discrepancy; given_name / suggested_name with
-    ``class_names``; path with ``paths``; true_label / is_noisy with ``true_labels``.
+    Columns: is_label_issue (the neighbours support another class better than the given label,
+    :func:`label_verdict`), label_quality (in [0, 1], lower is worse: pass-2 soft-label
+    probability of the given label), given_label, suggested_label (the best supported class;
+    differs from given_label exactly on the issues), selected_for_training (the detection's
+    class-balanced clean selection, MOIT's training device: not a verdict on the label),
+    discrepancy; given_name / suggested_name with ``class_names``; path with ``paths``;
+    true_label / is_noisy with ``true_labels``.
     """
     a = _issue_arrays(detection_result, labels)
     n = a["given"].shape[0]
@@ -188,6 +242,7 @@ def detection_issues_table(
         "label_quality": a["quality"],
         "given_label": a["given"],
         "suggested_label": a["suggested"],
+        "selected_for_training": a["selected_for_training"],
     })
     if class_names is not None:
         names = np.asarray(list(class_names), dtype=object)
@@ -250,10 +305,21 @@ def run_issues_table(
                                   class_names=run.classes or None, paths=paths, sort=sort)
 
 
+def escape_csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would read as a formula (starting with =, +, -, @, a tab or a
+    carriage return) prefixed with a single quote; anything else unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def export_label_issues(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a label-issue table to CSV (sample index as the first column).
 
-    Read it back with ``pandas.read_csv(path, index_col="sample")``.
+    Text cells that a spreadsheet would run as a formula (a class folder or file named
+    ``=HYPERLINK(...)``, ``+x``, ``-x``, ``@x``) are written with a leading single quote
+    (:func:`escape_csv_cell`); numbers are written as they are. Read it back with
+    ``pandas.read_csv(path, index_col="sample")``.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected the DataFrame of label_issues_table, got {type(df).__name__}")
@@ -261,8 +327,12 @@ def export_label_issues(df: pd.DataFrame, path: str | Path) -> Path:
     if path.parent and not path.parent.exists():
         raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
     out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col].dtype):
+            out[col] = out[col].map(escape_csv_cell)
     out.index.name = out.index.name or "sample"
-    out.to_csv(path, index=True)
+    # CRLF line ends (RFC 4180): the csv writer then quotes a cell holding a bare \r or \n
+    out.to_csv(path, index=True, lineterminator="\r\n")
     return path
 
 

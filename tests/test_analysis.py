@@ -196,7 +196,9 @@ def test_detection_issues_table_and_confusion(digits_noisy):
     i = np.arange(len(t))
     assert np.allclose(t["label_quality"], det.soft_labels[i, nz.noisy])
     assert np.array_equal(t["is_noisy"], nz.is_noisy)
-    assert np.array_equal(~t["is_label_issue"], det.clean)
+    assert np.array_equal(t["selected_for_training"], det.clean)
+    issue, _ = analysis.label_verdict(det.first_pass_soft_labels, nz.noisy)
+    assert np.array_equal(t["is_label_issue"], issue)
     assert t["given_name"].iloc[0] == names[nz.noisy[0]]
     assert "true_label" not in analysis.detection_issues_table(det, nz.noisy)
     m = analysis.disagreement_confusion(nz.noisy, det.corrected_labels, 10)
@@ -286,7 +288,8 @@ def test_find_label_issues_mask_and_rankings(digits_noisy):
     x, nz = digits_noisy
     det = detection.detect_noise(x, nz.noisy, 10, k=20)
     mask = analysis.find_label_issues(nz.noisy, x, k=20)
-    assert mask.dtype == bool and np.array_equal(mask, ~det.clean)
+    issue, _ = analysis.label_verdict(det.first_pass_soft_labels, nz.noisy)
+    assert mask.dtype == bool and np.array_equal(mask, issue)
     quality = det.soft_labels[np.arange(len(mask)), nz.noisy]
     ranked = analysis.find_label_issues(nz.noisy, x, k=20, return_indices_ranked_by="label_quality")
     assert sorted(ranked.tolist()) == np.flatnonzero(mask).tolist()
@@ -353,7 +356,9 @@ def test_label_issues_from_a_run(tmp_path, digits_noisy):
     x, nz = digits_noisy
     run, det = write_run(tmp_path, "r", {}, x, nz.noisy, nz.clean, detect_k=15)
     t = analysis.run_issues_table(run)
-    assert np.array_equal(t.sort_index()["is_label_issue"].to_numpy(), ~det.clean)
+    assert np.array_equal(t.sort_index()["selected_for_training"].to_numpy(), det.clean)
+    issue, _ = analysis.label_verdict(det.first_pass_soft_labels, nz.noisy)
+    assert np.array_equal(t.sort_index()["is_label_issue"].to_numpy(), issue)
     t = analysis.run_issues_table(run.path)
     assert np.array_equal(t.sort_index()["is_noisy"].to_numpy(), nz.is_noisy)
     assert t["given_name"].iloc[0] == run.classes[t["given_label"].iloc[0]]
