@@ -117,6 +117,7 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,  # --over must not mean --overwrite
         prog="python -m moit_explore",
         description="MOIT / MOIT+ (Ortego et al., CVPR 2021): training, noise detection and "
                     "reports for learning with noisy labels.")
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("run_dir", metavar="RUN_DIR")
     f.add_argument("--preset", choices=list(cfg_mod.FINETUNE_PRESETS),
                    help="fine-tuning preset (default: the one matching the run's preset)")
+    f.add_argument("--data-root", metavar="DIR", default=None,
+                   help="folder holding the data sets (default: the run's, which must lie in "
+                   "the project's data folder)")
     _add_fields(f, cfg_mod.FinetuneConfig)
 
     d = sub.add_parser("detect", help="re-run the noise detection on a run's final features")
@@ -154,11 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class balancing (default: the run's)")
     d.add_argument("--backend", choices=list(BACKEND_CHOICES), default="auto")
     d.add_argument("--out", metavar="FILE.npz", default=None,
-                   help="also write the detection to this NEW file (never overwritten)")
+                   help="also write the detection to this NEW file (.npz is added to a name "
+                   "without it; an existing file is never overwritten)")
     d.add_argument("--csv", metavar="FILE.csv", default=None,
                    help="write the label-issue table to this NEW file: one row per training "
-                   "image, worst first (given and suggested label, label quality, and the "
-                   "image's path for imagefolder data sets)")
+                   "image, worst first (is_label_issue, given and suggested label, label "
+                   "quality, selected_for_training, and for imagefolder data sets the image's "
+                   "file as recorded at training time)")
 
     r = sub.add_parser("report", help="table of test accuracy and detection for runs")
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -179,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--root", default="data")
 
     sub.add_parser("presets", help="list the training and fine-tuning presets")
+    for command in sub.choices.values():
+        command.allow_abbrev = False
     return p
 
 
@@ -188,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args: argparse.Namespace) -> int:
     given = _given(args, cfg_mod.TrainConfig)
     if args.resume:
+        args.run_dir_hint = Path(args.resume)
+        data_root = given.pop("data_root", None)  # where the data are; trusted as given
         bad = sorted(set(given) - set(train.RESUMABLE_FIELDS))
         if bad:
             raise ValueError(
@@ -197,7 +207,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(f"would resume {args.resume} with {given}")
             return 0
-        path = train.resume(args.resume, **given)
+        path = train.resume(args.resume, data_root=data_root, **given)
         print(f"run directory: {path}")
         return 0
     name = given.pop("preset", None)
@@ -206,6 +216,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for k, v in cfg.to_dict().items():
             print(f"{k:18s} {v}")
         return 0
+    args.run_dir_hint = Path(cfg.runs_root).expanduser() / (cfg.name
+                                                            or cfg.default_name(cfg.preset))
     path = train.train(cfg)
     _print_summary(path)
     return 0
@@ -225,7 +237,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     name = args.preset or cfg_mod.finetune_preset_for(base.get("preset"), base.get("rate"),
                                                       base.get("noise"))
     fcfg = cfg_mod.finetune_preset(name, **given).validate()
-    path = train.finetune(args.run_dir, fcfg)
+    args.run_dir_hint = Path(args.run_dir) / fcfg.name
+    path = train.finetune(args.run_dir, fcfg, data_root=args.data_root)
     _print_summary(path)
     return 0
 
@@ -235,10 +248,14 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     final = run.final()
     k = args.k if args.k is not None else run.k  # detect_noise checks it against the data
     balance = args.balance or run.config.get("balance", "median")
-    for flag, out in (("--out", args.out), ("--csv", args.csv)):
+    # np.savez adds .npz to a name without it: check (and print) the name really written
+    out_npz = None if args.out is None else (
+        args.out if str(args.out).endswith(".npz") else f"{args.out}.npz")
+    for flag, out in (("--out", out_npz), ("--csv", args.csv)):
         if out and Path(out).exists():
             raise FileExistsError(f"{out} exists; pass a new file name to {flag} (this command "
                                   "never overwrites)")
+    paths = _image_paths(run) if args.csv else None
     given = final["labels_given"].copy()
     det = detection.detect_noise(final["features"].astype(np.float32), given,
                                  int(run.config.get("num_classes", int(given.max()) + 1)), k=k,
@@ -251,21 +268,48 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             print(f"  {key:20s} {v:.4f}")
     else:
         print(f"  selected_frac        {float(np.mean(det.clean)):.4f} (true labels unknown)")
-    if args.out:
-        np.savez(args.out, clean=det.clean, discrepancy=det.discrepancy,
-                 soft_labels=det.soft_labels, corrected_labels=det.corrected_labels, k=det.k,
-                 balance=balance)
-        print(f"wrote {args.out}")
+    issue, suggested = label_issues.label_verdict(det.first_pass_soft_labels, given)
+    print(f"  label issues         {int(issue.sum())} of {len(issue)} (the neighbours support "
+          f"another class better); selected for training {int(det.clean.sum())}")
+    if out_npz:
+        try:
+            with open(out_npz, "xb") as f:  # exclusive: never replaces a file
+                np.savez(f, clean=det.clean, is_label_issue=issue, suggested_labels=suggested,
+                         discrepancy=det.discrepancy, soft_labels=det.soft_labels,
+                         first_pass_soft_labels=det.first_pass_soft_labels,
+                         corrected_labels=det.corrected_labels, k=det.k, balance=balance)
+        except FileExistsError:
+            raise FileExistsError(f"{out_npz} exists; pass a new file name to --out (this "
+                                  "command never overwrites)") from None
+        print(f"wrote {out_npz}")
     if args.csv:
-        # an image folder is re-read for the file paths, so the table names each image
-        paths = (run.dataset().train_paths
-                 if str(run.config.get("dataset", "")).startswith("imagefolder:") else None)
         table = label_issues.detection_issues_table(det, given, class_names=run.classes or None,
                                                     paths=paths)
         label_issues.export_label_issues(table, args.csv)
         print(f"wrote {args.csv}: {int(table['is_label_issue'].sum())} of {len(table)} images "
               "are label issues, worst first")
     return 0
+
+
+def _image_paths(run: runs.Run) -> list[str] | None:
+    """The files of an image-folder run's training images, as recorded when it trained; a
+    warning names those changed since (moved, edited or deleted)."""
+    if not str(run.config.get("dataset", "")).lower().startswith("imagefolder:"):
+        return None
+    stored = runs.image_list_changes(run.path)
+    if stored is None:  # a run from before the list was recorded: the folder as it is now
+        print(f"warning: {run.path} has no {runs.IMAGES_FILE} (trained by an older version); "
+              "the paths are read from the folder as it is now, and are wrong if images were "
+              "moved, added or removed since", file=sys.stderr)
+        return run.dataset().train_paths
+    paths, changed = stored
+    if changed:
+        shown = ", ".join(changed[:20]) + (f" ... ({len(changed) - 20} more)"
+                                           if len(changed) > 20 else "")
+        print(f"warning: {len(changed)} of {len(paths)} training images changed since "
+              f"{run.path} was trained (moved, edited or deleted): {shown}. The CSV names each "
+              "image's file as it was at training time", file=sys.stderr)
+    return paths
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -340,9 +384,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        run_dir = "RUN_DIR"
-        if args.command == "finetune":  # MOIT+ resumes from its own folder
-            run_dir = str(Path(args.run_dir) / getattr(args, "name", "finetune"))
-        print(f"interrupted; continue with: python -m moit_explore train --resume {run_dir}",
-              file=sys.stderr)
+        print(f"interrupted{_interrupt_hint(args, argv)}", file=sys.stderr)
         return 130
+
+
+def _interrupt_hint(args: argparse.Namespace, argv: list[str] | None) -> str:
+    """How to carry on after Ctrl-C: resume from the checkpoint, or (none yet) start again."""
+    run_dir = getattr(args, "run_dir_hint", None)
+    if run_dir is None:
+        return ""
+    if (run_dir / runs.CHECKPOINT_FILE).is_file():
+        return f"; continue with: {runs.command('train', '--resume', run_dir)}"
+    if args.command == "train" and args.resume:
+        return ""
+    again = list(sys.argv[1:] if argv is None else argv)
+    if "--overwrite" not in again:
+        again.append("--overwrite")
+    return ("; no epoch finished, so there is nothing to continue; start again with: "
+            + runs.command(*again))

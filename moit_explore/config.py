@@ -168,7 +168,8 @@ class TrainConfig(_Fields):
     workers: int = _f(2, "DataLoader workers of the reference pipeline")
     eval_batch_size: int = _f(1024, "batch size of feature extraction and test evaluation")
     runs_root: str = _f("runs", "folder holding run directories")
-    name: str | None = _f(None, "run directory name (default: <preset>-<method>-<noise>-<rate>)")
+    name: str | None = _f(None, "run directory name (default: "
+                          "<preset>-<method>-<noise>-<rate>-seed<seed>)")
     overwrite: bool = _f(False, "empty an existing run directory of the same name")
     progress: bool = _f(True, "tqdm progress bars")
 
@@ -213,7 +214,8 @@ class TrainConfig(_Fields):
     def default_name(self, preset_name: str | None = None) -> str:
         noise = "file" if self.noise_file else self.noise
         rate = "" if noise in ("none", "file") else f"-{round(self.rate * 100):02d}"
-        return f"{preset_name or 'custom'}-{self.method}-{noise}{rate}"
+        # the seed too: a seed sweep gets one run directory per seed
+        return f"{preset_name or 'custom'}-{self.method}-{noise}{rate}-seed{self.seed}"
 
     def validate(self, n_train: int | None = None) -> TrainConfig:
         """Raise ValueError naming the bad field and the fix; returns self.

@@ -34,7 +34,6 @@ import numpy as np
 from moit_explore.noise import (
     NoisyLabels,
     inject_noise,
-    labels_from_file,
     read_label_file,
     realised_transition,
 )
@@ -542,7 +541,9 @@ def load_dataset(name: str, root: str | Path = "data", *, download: bool = True,
         n = bundle.train_labels.shape[0]
         if given.shape[0] != n:
             raise ValueError(f"{noisy_labels}: has {given.shape[0]} labels but {bundle.name} has "
-                             f"{n} training images; expected length {n}")
+                             f"{n} training images; expected length {n}: one label per image "
+                             "of the FULL training set, in its order (a subset, --n-train, "
+                             "takes its labels from the file together with its images)")
         if given.size and (given.min() < 0 or given.max() >= bundle.num_classes):
             raise ValueError(f"{noisy_labels}: labels must lie in [0, {bundle.num_classes}) for "
                              f"{bundle.num_classes} classes; found {int(given.min())}.."
@@ -595,11 +596,15 @@ def subset(bundle: DatasetBundle, n_train: int | None = None, n_test: int | None
     return out
 
 
-def training_subset(cfg: TrainConfig, *, download: bool = True) -> DatasetBundle:
+def training_subset(cfg: TrainConfig, *, download: bool = True,
+                    noise_file: bool = False) -> DatasetBundle:
     """The data set a training configuration trains on: ``cfg.dataset`` from
-    ``cfg.data_root``, subset to ``cfg.n_train`` / ``cfg.n_test``."""
+    ``cfg.data_root``, subset to ``cfg.n_train`` / ``cfg.n_test``. noise_file: read
+    ``cfg.noise_file`` (one label per image of the full training set) into
+    ``given_train_labels``, subset together with the images."""
     bundle = load_dataset(cfg.dataset, cfg.data_root, download=download,
-                          image_size=cfg.image_size, channels=cfg.image_channels)
+                          image_size=cfg.image_size, channels=cfg.image_channels,
+                          noisy_labels=cfg.noise_file if noise_file else None)
     return subset(bundle, cfg.n_train, cfg.n_test, seed=cfg.subset_seed)
 
 
@@ -607,13 +612,13 @@ def load_data(cfg: TrainConfig, *, download: bool = True) -> tuple[DatasetBundle
     """The data set (subset) and its label noise for a TrainConfig: (DatasetBundle, NoisyLabels).
 
     Noise is drawn on the subset, after subsetting. A ``noise_file`` (or labels shipped with
-    the data set, e.g. CIFAR-10N) replaces synthetic noise.
+    the data set, e.g. CIFAR-10N) replaces synthetic noise: it holds one label per image of the
+    FULL training set, and a subset (``n_train``) takes its labels with its images; a file of
+    any other length is refused.
     """
-    bundle = training_subset(cfg, download=download)
+    bundle = training_subset(cfg, download=download, noise_file=bool(cfg.noise_file))
     c = bundle.num_classes
-    if cfg.noise_file:
-        noisy = labels_from_file(cfg.noise_file, bundle.train_labels, c)
-    elif bundle.given_train_labels is not None:
+    if bundle.given_train_labels is not None:
         given = np.asarray(bundle.given_train_labels, dtype=np.int64).copy()
         clean = np.asarray(bundle.train_labels, dtype=np.int64).copy()
         noisy = NoisyLabels(noisy=given, clean=clean, is_noisy=given != clean,

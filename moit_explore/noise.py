@@ -354,8 +354,15 @@ def read_label_file(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"label file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-        if arr.ndim != 1:
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as e:  # an object array, a damaged header, a truncated file ...
+            raise ValueError(
+                f"{path}: not a readable NumPy file of integer labels ({type(e).__name__}; "
+                "damaged, truncated, or an array of Python objects). Write the labels with "
+                "numpy.save(path, labels.astype(numpy.int64)), or as a CSV with a 'label' "
+                "column") from None
+        if not isinstance(arr, np.ndarray) or arr.ndim != 1:
             raise ValueError(f"{path}: expected a 1-D array of labels, got shape {arr.shape}")
         if arr.size and arr.dtype.kind == "f":
             if not np.all(arr == np.round(arr)):
@@ -380,10 +387,14 @@ def read_label_file(path: str | Path) -> np.ndarray:
         out = np.empty(len(body), dtype=np.int64)
         for i, r in enumerate(body):
             value = r[col].strip() if col < len(r) else ""
+            line = i + 1 + (len(rows) - len(body))
             if not _is_int(value):
-                line = i + 1 + (len(rows) - len(body))
                 raise ValueError(f"{path}: line {line}: label {value!r} is not an integer")
-            out[i] = int(float(value))
+            number = int(value) if value.lstrip("+-").isdigit() else int(float(value))
+            if not -(2**63) <= number < 2**63:
+                raise ValueError(f"{path}: line {line}: label {value!r} is far too large for a "
+                                 "class index (labels are 0..C-1); fix that line")
+            out[i] = number
         return out
     raise ValueError(f"{path}: unsupported label file type {suffix!r}; use .npy or .csv")
 
@@ -438,10 +449,26 @@ def load_noise(path: str | Path) -> NoisyLabels:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"noise file {path} does not exist")
+    try:
+        return _load_noise(path)
+    except _MissingArrays:
+        raise
+    except Exception as e:  # BadZipFile, EOFError, OSError, an object array ...
+        raise ValueError(f"{path} is damaged (not a readable .npz of labels: "
+                         f"{type(e).__name__}); it holds the run's given and true labels: "
+                         "restore it from a copy, or train the run again with the same flags "
+                         "plus --overwrite") from None
+
+
+class _MissingArrays(ValueError):
+    pass
+
+
+def _load_noise(path: Path) -> NoisyLabels:
     with np.load(path, allow_pickle=False) as z:
         missing = {"clean", "noisy"} - set(z.files)
         if missing:
-            raise ValueError(f"{path}: missing array(s) {sorted(missing)}; expected the keys "
+            raise _MissingArrays(f"{path}: missing array(s) {sorted(missing)}; expected the keys "
                              f"written by save_noise")
         clean = z["clean"].astype(np.int64)
         noisy = z["noisy"].astype(np.int64)

@@ -13,7 +13,13 @@ Layout of ``runs/<name>/`` (written by :mod:`moit_explore.train`)::
     finetune/            a MOIT+ run directory of the same form
 
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``),
-so an interrupted run never leaves a half-written checkpoint or array behind.
+so an interrupted run never leaves a half-written checkpoint or array behind; the temporary
+files of a killed write are removed when a process next opens the run (:func:`lock_run_dir`).
+
+A process that trains in a run directory holds an OS lock on its ``.lock`` file
+(:func:`lock_run_dir`, ``fcntl.flock``; the OS releases it when the process exits or dies), so
+two processes never train into one directory. Nothing outside a run directory is written or
+deleted: a symbolic link inside it is refused, naming the link.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -39,6 +46,16 @@ from moit_explore.config import TrainConfig
 
 __all__ = [
     "Run",
+    "RunDirInUseError",
+    "check_no_symlinks",
+    "check_training_state",
+    "command",
+    "lock_run_dir",
+    "image_list_changes",
+    "remove_stale_temporaries",
+    "run_dir_path",
+    "save_image_list",
+    "trusted_data_root",
     "append_metrics",
     "atomic_target",
     "create_run_dir",
@@ -64,41 +81,143 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 EMBEDDINGS_DIR = "embeddings"
 FINAL_FILE = "final.npz"
+IMAGES_FILE = "train_images.json"
+LOCK_FILE = ".lock"
 _SNAPSHOT_RE = re.compile(r"^epoch_(\d{4,})\.npz$")
+# atomic_target's temporary files: "." + the target's name + "." + mkstemp's 8 characters
+_TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|npz)$")
+_TRAINING_STATE_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng")
+
+
+class RunDirInUseError(FileExistsError):
+    """Another process holds the run directory's lock (it is training in it)."""
+
+
+def command(*args: Any) -> str:
+    """A command line of this package as the messages print it: in backticks, quoted for a
+    POSIX shell, so that it can be copied (and tests can run every hint)."""
+    return "`python -m moit_explore " + shlex.join(str(a) for a in args) + "`"
 
 
 # --------------------------------------------------------------------------- directories
+
+
+def run_dir_path(root: str | Path, name: str) -> Path:
+    """``root/name``, with ``name`` checked to be a plain folder name."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"run name must be a plain folder name, got {name!r}; "
+                         "pass e.g. --name moit-sym40")
+    return Path(root).expanduser() / name
 
 
 def create_run_dir(root: str | Path, name: str, *, overwrite: bool = False) -> Path:
     """Create ``root/name`` for a new run and return it.
 
     An existing non-empty folder is never reused silently: it raises FileExistsError naming the
-    folder and the ways out, unless ``overwrite=True``, which empties it first.
+    folder and the ways out, unless ``overwrite=True``, which empties it first (refusing, and
+    touching nothing, when it holds a symbolic link).
     """
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise ValueError(f"run name must be a plain folder name, got {name!r}; "
-                         "pass e.g. --name moit-sym40")
-    path = Path(root).expanduser() / name
+    path = run_dir_path(root, name)
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}); a run directory "
+                         "must be a folder of its own: remove the link or choose another --name")
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory; choose another --name")
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and _has_content(path):
         if not overwrite:
             raise FileExistsError(
                 f"run directory {path} already exists and is not empty. Choose another name "
-                f"(--name NEW_NAME), replace it (--overwrite), or continue it "
-                f"(--resume {path})."
+                f"(--name NEW_NAME), replace it (--overwrite)"
+                + (f", or continue it ({command('train', '--resume', path)})"
+                   if (path / CHECKPOINT_FILE).is_file() else "") + "."
             )
+        check_no_symlinks(path, "--overwrite")
         _empty_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _has_content(path: Path) -> bool:
+    """Whether a folder holds anything besides a run's lock file."""
+    return any(p.name != LOCK_FILE for p in path.iterdir())
+
+
+def check_no_symlinks(path: str | Path, action: str = "train in it") -> None:
+    """Raise ValueError naming the first symbolic link inside ``path`` (the folder itself
+    included): a run directory's operations must never reach outside it."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}); refusing to "
+                         f"{action}: a run directory must be a folder of its own. Remove the "
+                         "link or choose another name")
+    if not path.is_dir():
+        return
+    for top, dirs, files in os.walk(path):
+        for name in sorted(dirs + files):
+            p = Path(top) / name
+            if p.is_symlink():
+                raise ValueError(f"{p} is a symbolic link (to {os.readlink(p)}); refusing to "
+                                 f"{action}: the run directory {path} must hold its own files, "
+                                 "and nothing outside it is touched. Remove the link (or "
+                                 "replace it by a copy) and try again")
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files that a write killed half-way left in ``path`` and its
+    ``embeddings/`` (names of :func:`atomic_target`'s form); returns them. Call it only
+    while holding the run's lock (another process's temporary file would be live)."""
+    removed = []
+    for folder in (Path(path), Path(path) / EMBEDDINGS_DIR, Path(path) / "finetune",
+                   Path(path) / "finetune" / EMBEDDINGS_DIR):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for p in folder.iterdir():
+            if _TEMP_RE.match(p.name) and p.is_file() and not p.is_symlink():
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+@contextmanager
+def lock_run_dir(path: str | Path, action: str = "train in it", *,
+                 create: bool = True) -> Iterator[Path]:
+    """Hold the OS lock of run directory ``path`` (created if missing) for the block.
+
+    ``fcntl.flock`` on ``path/.lock``: exclusive, non-blocking; the OS releases it when the
+    process exits or dies. Another holder raises :class:`RunDirInUseError`. While it is held,
+    symbolic links in the folder are refused and stale temporary files are removed.
+    """
+    import fcntl  # noqa: PLC0415 -- POSIX only; imported where it is used
+
+    path = Path(path).expanduser()
+    if path.is_symlink():
+        check_no_symlinks(path, action)
+    if not create and not path.is_dir():
+        raise FileNotFoundError(f"run directory {path} does not exist; pass a folder written by "
+                                "`python -m moit_explore train` (e.g. runs/<name>)")
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirInUseError(
+                f"run directory {path} is in use: another process is training in it (it "
+                "holds its lock). Wait for it to finish, or train into another --name"
+            ) from None
+        check_no_symlinks(path, action)
+        remove_stale_temporaries(path)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def unique_run_dir(root: str | Path, name: str) -> Path:
     """``root/name`` if free (missing or empty), else the first free ``root/name-2``, ``-3`` ..."""
     root = Path(root).expanduser()
     candidate, n = root / name, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+    while candidate.exists() and (not candidate.is_dir() or _has_content(candidate)):
         n += 1
         candidate = root / f"{name}-{n}"
     return candidate
@@ -106,6 +225,8 @@ def unique_run_dir(root: str | Path, name: str) -> Path:
 
 def _empty_dir(path: Path) -> None:
     for child in path.iterdir():
+        if child.name == LOCK_FILE:
+            continue  # held by this process
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
@@ -196,9 +317,14 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {len(rows) + 1}: {line.strip()[:60]!r} is not a "
+                                 "JSON object of one epoch's metrics; the file is damaged: "
+                                 "delete that line (or re-train the run with --overwrite)")
+            rows.append(row)
     df = pd.DataFrame(rows)
     return df.astype({c: float for c in df.columns if df[c].isna().all()})
 
@@ -243,8 +369,9 @@ def load_checkpoint(path: str | Path) -> dict:
         path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"checkpoint {path} does not exist; the run has not finished an epoch yet. "
-            "Train it (python -m moit_explore train ...) or point at another run directory"
+            f"checkpoint {path} does not exist: the run was stopped before it finished its "
+            "first epoch, so there is nothing to continue. Train it again: the same command "
+            "with --overwrite added"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -257,6 +384,17 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a dict; "
                          "it was not written by moit_explore: re-run the training")
+    return state
+
+
+def check_training_state(state: dict, path: str | Path) -> dict:
+    """A training checkpoint's state (engine.checkpoint_state) with every entry resuming needs;
+    otherwise a ValueError naming the file and the fix."""
+    missing = [k for k in _TRAINING_STATE_KEYS if k not in state]
+    if missing or not isinstance(state.get("epoch"), int):
+        raise ValueError(f"checkpoint {path} is damaged: it lacks {', '.join(missing) or 'epoch'} "
+                         "of a training state. Delete it and train the run again with the "
+                         "same flags plus --overwrite")
     return state
 
 
@@ -338,9 +476,89 @@ def _load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except Exception as e:
-        raise ValueError(f"{path} is corrupt or truncated ({type(e).__name__}: {e}); "
-                         "re-run the training that wrote it") from e
+    except Exception as e:  # BadZipFile, EOFError, an object array ...: the file is damaged
+        raise ValueError(f"{path} is damaged (corrupt, truncated or not an array file written "
+                         f"by moit_explore: {type(e).__name__}); re-run the training that wrote "
+                         "it (train again with the same flags plus --overwrite)") from None
+
+
+# --------------------------------------------------------------------------- stored paths
+
+# the project's data folder (next to the package), where data sets live by default
+PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
+# data sets read from data_root (digits ships with scikit-learn; image folders name their own)
+_ROOT_DATASETS = ("cifar10", "cifar-10", "cifar100", "cifar-100", "fashion-mnist", "fmnist",
+                  "fashionmnist")
+
+
+def trusted_data_root(config: dict, source: str | Path, explicit: str | Path | None = None,
+                      hint: tuple = ()) -> str:
+    """The data_root a stored configuration may load from, resolved.
+
+    ``explicit`` (the user's own ``--data-root``) always wins. Otherwise the stored data_root
+    (a relative one resolved against the current folder, as older runs stored "data") must lie
+    in the project's data folder (:data:`PROJECT_DATA`, or ``./data``): a run directory from
+    someone else must not choose where data are read from (CIFAR's files are Python pickles,
+    which can run code). ``hint``: the command (arguments) that retries with ``--data-root``.
+    """
+    if explicit is not None:
+        return str(Path(explicit).expanduser().resolve())
+    stored = config.get("data_root", "data")
+    dataset = str(config.get("dataset", "")).lower().replace("_", "-")
+    if not isinstance(stored, str):
+        raise ValueError(f"{source}: data_root must be a folder name, got {stored!r}; pass "
+                         "--data-root DIR")
+    path = Path(stored).expanduser()
+    path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    if dataset not in _ROOT_DATASETS:
+        return str(path)
+    allowed = [PROJECT_DATA, (Path.cwd() / "data").resolve()]
+    if any(path == a or a in path.parents for a in allowed):
+        return str(path)
+    retry = (f" {command(*hint, '--data-root', path)}" if hint else
+             f" pass --data-root {shlex.quote(str(path))}")
+    raise ValueError(f"{source} names data_root {path}, outside the project's data folder "
+                     f"({PROJECT_DATA}): a run directory from elsewhere does not choose where "
+                     "data are read from (CIFAR's files are Python pickles, which can run "
+                     f"code). If you trust that folder, say so yourself:{retry}")
+
+
+def save_image_list(run_dir: str | Path, paths: list[str]) -> Path:
+    """Record each training image's file (resolved), size and modification time, in training
+    order, as ``train_images.json``: what ``detect --csv`` names, whatever the folder holds
+    later."""
+    entries = []
+    for p in paths:
+        f = Path(p).expanduser().resolve()
+        st = f.stat()
+        entries.append({"path": str(f), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)})
+    path = Path(run_dir) / IMAGES_FILE
+    write_json_atomic(path, {"files": entries})
+    return path
+
+
+def image_list_changes(run_dir: str | Path) -> tuple[list[str], list[str]] | None:
+    """(stored paths, the ones changed since: missing, or another size or modification time),
+    or None for a run without ``train_images.json``."""
+    path = Path(run_dir) / IMAGES_FILE
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or not all(isinstance(e, dict) and "path" in e for e in files):
+        raise ValueError(f"{path} is damaged (expected {{'files': [{{'path', 'size', "
+                         "'mtime_ns'}, ...]}); restore it, or train the run again with the same "
+                         "flags plus --overwrite")
+    changed = []
+    for e in files:
+        try:
+            st = os.stat(e["path"])
+        except OSError:
+            changed.append(e["path"])
+            continue
+        if st.st_size != e.get("size") or st.st_mtime_ns != e.get("mtime_ns"):
+            changed.append(e["path"])
+    return [str(e["path"]) for e in files], changed
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -401,9 +619,14 @@ class Run:
         """The MOIT+ run in ``finetune/``."""
         return load_run(self.path / "finetune")
 
-    def dataset(self):
-        """Reload the data set the run used (same subset): a datasets.DatasetBundle."""
-        return datasets.training_subset(TrainConfig.from_dict(self.config), download=False)
+    def dataset(self, data_root: str | Path | None = None):
+        """Reload the data set the run used (same subset): a datasets.DatasetBundle.
+
+        data_root: where the data sets are (None: the stored one, which must lie in the
+        project's data folder, see :func:`trusted_data_root`)."""
+        root = trusted_data_root(self.config, self.path / CONFIG_FILE, data_root)
+        cfg = TrainConfig.from_dict(self.config).replace(data_root=root)
+        return datasets.training_subset(cfg, download=False)
 
     def __repr__(self) -> str:
         return (f"Run({str(self.path)!r}, method={self.method!r}, epochs={len(self.metrics)}, "
@@ -427,6 +650,10 @@ def load_run(path: str | Path | Run) -> Run:
         raise ValueError(f"{path} is not a run directory (no {CONFIG_FILE}).{hint} Pass a folder "
                          "written by `python -m moit_explore train`")
     config = read_json(path / CONFIG_FILE)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path / CONFIG_FILE} is damaged: it holds {json.dumps(config)[:40]} "
+                         "instead of an object of settings. Restore it from a copy, or train "
+                         "the run again with the same flags plus --overwrite")
     noisy = noise.load_noise(path / NOISE_FILE) if (path / NOISE_FILE).is_file() else None
     emb = path / EMBEDDINGS_DIR
     epochs = sorted(int(m.group(1)) for p in (emb.iterdir() if emb.is_dir() else [])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,18 +82,43 @@ def train(cfg: TrainConfig | None = None, progress: bool | None = None, *,
     (benchmarks on synthetic data; such a run cannot be resumed or reloaded by name).
     The configuration is validated before any data is loaded or any epoch runs.
     """
-    cfg = _build_config(cfg, preset, overrides).validate()
+    cfg = _resolved_paths(_build_config(cfg, preset, overrides).validate())
+    with runs.lock_run_dir(_target_dir(cfg, out_dir)):
+        if out_dir is not None:
+            out = Path(out_dir)
+            run_dir = runs.create_run_dir(out.parent, out.name, overwrite=cfg.overwrite)
+        else:
+            run_dir = runs.create_run_dir(cfg.runs_root,
+                                          cfg.name or cfg.default_name(cfg.preset),
+                                          overwrite=cfg.overwrite)
+        engine.set_threads()
+        with _removed_if_empty_on_error(run_dir):
+            s = _training_session(cfg, run_dir, data)
+        _write_training_header(s)
+        return engine.run(s, cfg.progress if progress is None else progress, on_epoch_end)
+
+
+def _resolved_paths(cfg: TrainConfig) -> TrainConfig:
+    """The configuration with its relative paths (data_root, noise_file, an image folder)
+    resolved, as config.json stores them: a resume from another folder finds the same files."""
+    changes: dict[str, Any] = {"data_root": str(Path(cfg.data_root).expanduser().resolve())}
+    if cfg.noise_file:
+        changes["noise_file"] = str(Path(cfg.noise_file).expanduser().resolve())
+    kind, _, folder = cfg.dataset.partition(":")
+    if kind.lower() == "imagefolder" and folder:
+        changes["dataset"] = f"{kind}:{Path(folder).expanduser().resolve()}"
+    return cfg.replace(**changes)
+
+
+def _target_dir(cfg: TrainConfig, out_dir: str | Path | None) -> Path:
     if out_dir is not None:
-        out = Path(out_dir)
-        run_dir = runs.create_run_dir(out.parent, out.name, overwrite=cfg.overwrite)
-    else:
-        run_dir = runs.create_run_dir(cfg.runs_root, cfg.name or cfg.default_name(cfg.preset),
-                                      overwrite=cfg.overwrite)
-    engine.set_threads()
-    with _removed_if_empty_on_error(run_dir):
-        s = _training_session(cfg, run_dir, data)
-    _write_training_header(s)
-    return engine.run(s, cfg.progress if progress is None else progress, on_epoch_end)
+        return runs.run_dir_path(Path(out_dir).parent, Path(out_dir).name)
+    return runs.run_dir_path(cfg.runs_root, cfg.name or cfg.default_name(cfg.preset))
+
+
+def _run_lock(path: Path, action: str = "train in it", create: bool = True) -> Any:
+    """The run directory's OS lock (runs.lock_run_dir), held while a process writes it."""
+    return runs.lock_run_dir(path, action, create=create)
 
 
 @contextlib.contextmanager
@@ -101,8 +127,10 @@ def _removed_if_empty_on_error(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
+        if run_dir.is_dir() and all(p.name == runs.LOCK_FILE for p in run_dir.iterdir()):
+            with contextlib.suppress(OSError):  # the lock file, then the folder
+                (run_dir / runs.LOCK_FILE).unlink(missing_ok=True)
+                run_dir.rmdir()
         raise
 
 
@@ -169,21 +197,33 @@ def _write_training_header(s: Session) -> None:
                 augment_resolved=s.cfg.augment_name(), torch_version=torch.__version__)
     runs.write_json_atomic(s.run_dir / runs.CONFIG_FILE, cfgd)
     runs.save_noise(s.run_dir, s.noisy)
+    if s.bundle.train_paths is not None:  # an image folder: the files the run trained on
+        runs.save_image_list(s.run_dir, s.bundle.train_paths)
 
 
 # --------------------------------------------------------------------------- resuming
 
 
 def resume(run_dir: str | Path, progress: bool | None = None, *,
-           on_epoch_end: EpochCallback | None = None, **overrides: Any) -> Path:
+           on_epoch_end: EpochCallback | None = None, data_root: str | Path | None = None,
+           **overrides: Any) -> Path:
     """Continue a run from its checkpoint.pt, on the same trajectory.
 
     run_dir: a training run, or a MOIT+ run (``RUN_DIR/finetune``, config.json's method
     "moit+"). overrides: only ``RESUMABLE_FIELDS`` (MOIT+: ``FINETUNE_RESUMABLE_FIELDS``), e.g.
     ``epochs`` to extend a finished run. Metric rows after the checkpoint's epoch (from an
     interrupted epoch) are dropped.
+    data_root: where the data sets are (None: the stored one, which must lie in the project's
+    data folder: runs.trusted_data_root). The run directory is locked while it trains; a
+    config.json that differs from the configuration stored in the checkpoint is refused.
     """
     run_dir = Path(run_dir)
+    with _run_lock(run_dir, "resume it", create=False):
+        return _resume(run_dir, progress, on_epoch_end, data_root, overrides)
+
+
+def _resume(run_dir: Path, progress: bool | None, on_epoch_end: EpochCallback | None,
+            data_root: str | Path | None, overrides: dict) -> Path:
     run = runs.load_run(run_dir)
     plus = run.config.get("method") == MOIT_PLUS
     allowed = FINETUNE_RESUMABLE_FIELDS if plus else RESUMABLE_FIELDS
@@ -196,22 +236,32 @@ def resume(run_dir: str | Path, progress: bool | None = None, *,
         fcfg = _finetune_config(run.config.get("finetune", {})).replace(**overrides).validate()
         epochs = fcfg.epochs
     else:
-        cfg = TrainConfig.from_dict(run.config).replace(**overrides).validate()
+        root = runs.trusted_data_root(run.config, run_dir / runs.CONFIG_FILE, data_root,
+                                      hint=("train", "--resume", run_dir))
+        cfg = TrainConfig.from_dict(run.config).replace(data_root=root, **overrides).validate()
         epochs = cfg.epochs
-    state = runs.load_checkpoint(run_dir / runs.CHECKPOINT_FILE)
+    ck_path = run_dir / runs.CHECKPOINT_FILE
+    state = runs.check_training_state(runs.load_checkpoint(ck_path), ck_path)
+    _check_same_config(run, state, ck_path, plus)
     if state["epoch"] >= epochs:
-        raise ValueError(f"{run_dir} already finished epoch {state['epoch']} of {epochs}; "
-                         "pass --epochs N (N larger) to train further")
+        more = state["epoch"] + max(1, state["epoch"] // 5)
+        raise ValueError(f"{run_dir} already finished epoch {state['epoch']} of {epochs}; to "
+                         f"train further, e.g. to epoch {more}: "
+                         f"{runs.command('train', '--resume', run_dir, '--epochs', more)}")
     engine.set_threads()
     if plus:
         base_dir = run_dir.parent  # a MOIT+ run lives in a folder of its base run
-        s = _finetune_session(base_dir, fcfg, run_dir, prepare_finetune(base_dir, fcfg))
+        setup = prepare_finetune(base_dir, fcfg, data_root=data_root,
+                                 hint=("train", "--resume", run_dir))
         trained_on = state.get("clean")
-        if trained_on is None or not torch.equal(trained_on.bool(), s.clean.cpu()):
+        if trained_on is None or not torch.equal(trained_on.bool(),
+                                                 torch.from_numpy(_clean_mask(setup))):
             raise ValueError(f"the clean samples of {base_dir}'s last detection are not those "
                              f"{run_dir} was fine-tuned on (was the base run trained further?); "
-                             "start MOIT+ again (python -m moit_explore finetune "
-                             f"{base_dir} --name {run_dir.name} --overwrite)")
+                             "start MOIT+ again: "
+                             + runs.command("finetune", base_dir, "--name", run_dir.name,
+                                            "--overwrite"))
+        s = _finetune_session(base_dir, fcfg, run_dir, setup)
     else:
         s = _training_session(cfg, run_dir)
     engine.restore(s, state)
@@ -222,6 +272,37 @@ def resume(run_dir: str | Path, progress: bool | None = None, *,
             config["finetune"] = dict(run.config.get("finetune", {}), **overrides)
         runs.write_json_atomic(run_dir / runs.CONFIG_FILE, config)
     return engine.run(s, s.cfg.progress if progress is None else progress, on_epoch_end)
+
+
+# fields of where a run lives and how it reports: never compared on resume
+_PLACE_FIELDS = ("name", "overwrite", "runs_root", "data_root", "progress")
+
+
+def _check_same_config(run: Any, state: dict, ck_path: Path, plus: bool) -> None:
+    """Refuse a config.json that differs from the configuration the checkpoint was trained
+    with (an edited method, n_train, width ... would resume into an inconsistent run)."""
+    stored = state.get("config")
+    if not isinstance(stored, dict):
+        return  # a checkpoint from before configurations were stored in it
+    current = run.config.get("finetune", {}) if plus else run.config
+    cls = FinetuneConfig if plus else TrainConfig
+    free = set(FINETUNE_RESUMABLE_FIELDS if plus else RESUMABLE_FIELDS) | set(_PLACE_FIELDS)
+    diffs = [f"{f.name} (config.json {current[f.name]!r}, checkpoint {stored[f.name]!r})"
+             for f in dataclasses.fields(cls)
+             if f.name not in free and f.name in stored and f.name in current
+             and runs.jsonable(current[f.name]) != runs.jsonable(stored[f.name])]
+    if diffs:
+        raise ValueError(f"{run.path / runs.CONFIG_FILE} differs from the configuration its "
+                         f"checkpoint {ck_path} was trained with: {'; '.join(diffs)}. Restore "
+                         "config.json (put the checkpoint's values back), or start a new run "
+                         "with those settings under another --name")
+
+
+def _clean_mask(setup: FinetuneSetup) -> np.ndarray:
+    mask = np.zeros(len(setup.run.noise.noisy) if setup.run.noise is not None
+                    else int(setup.train_indices.max()) + 1, dtype=bool)
+    mask[setup.train_indices] = True
+    return mask
 
 
 # --------------------------------------------------------------------------- MOIT+
@@ -238,23 +319,40 @@ class FinetuneSetup:
     run: Any                    # runs.Run of the MOIT run
 
 
-def prepare_finetune(run_dir: str | Path, fcfg: FinetuneConfig) -> FinetuneSetup:
+def prepare_finetune(run_dir: str | Path, fcfg: FinetuneConfig, *,
+                     data_root: str | Path | None = None, hint: tuple = ()) -> FinetuneSetup:
     """Load the finished run's final weights and LAST detection's clean mask, and re-initialise
-    the classifier head (spec §4)."""
+    the classifier head (spec §4). Only a MOIT run (method "moit") is fine-tuned. data_root:
+    where the data sets are (None: the stored one, which must lie in the project's data folder);
+    hint: the command that retries with ``--data-root``."""
     run = runs.load_run(run_dir)
+    if run.method != "moit":
+        raise ValueError(f"{run_dir} is a {run.method!r} run; MOIT+ fine-tunes a finished MOIT "
+                         "run (method 'moit'): train one first, e.g. "
+                         + runs.command("train", "--preset", run.config.get("preset") or "smoke",
+                                        "--method", "moit"))
     final_path = Path(run_dir) / runs.EMBEDDINGS_DIR / runs.FINAL_FILE
+    ck_path = Path(run_dir) / runs.CHECKPOINT_FILE
     if not final_path.is_file():
+        if not ck_path.is_file():
+            raise FileNotFoundError(f"{final_path} does not exist: the run was stopped before "
+                                    "its first epoch ended, so there is nothing to fine-tune. "
+                                    "Train it again: the same command with --overwrite added")
         raise FileNotFoundError(f"{final_path} does not exist: the run has not finished. Finish "
-                                f"it first (python -m moit_explore train --resume {run_dir})")
+                                f"it first: {runs.command('train', '--resume', run_dir)}")
     final = run.final()
     if "clean" not in final:
         raise ValueError(f"{final_path} holds no detection (the run used --detect off); MOIT+ "
                          "needs the clean mask of the last detection")
-    state = runs.load_checkpoint(Path(run_dir) / runs.CHECKPOINT_FILE)
-    cfg = TrainConfig.from_dict(run.config)
+    state = runs.check_training_state(runs.load_checkpoint(ck_path), ck_path)
+    config = dict(run.config, data_root=runs.trusted_data_root(
+        run.config, Path(run_dir) / runs.CONFIG_FILE, data_root,
+        hint=hint or ("finetune", run_dir)))
+    cfg = TrainConfig.from_dict(config)
     if state["epoch"] != cfg.epochs:
         raise ValueError(f"the checkpoint of {run_dir} is from epoch {state['epoch']}, not the "
-                         f"final epoch {cfg.epochs}; resume the run to its end first")
+                         f"final epoch {cfg.epochs}; resume the run to its end first: "
+                         f"{runs.command('train', '--resume', run_dir)}")
     n = len(final["labels_given"])
     if not 1 <= cfg.k < n:
         # MOIT+ scores its final features with the base run's detection, k included
@@ -271,13 +369,13 @@ def prepare_finetune(run_dir: str | Path, fcfg: FinetuneConfig) -> FinetuneSetup
     if len(indices) < 2:
         raise ValueError(f"the last detection of {run_dir} marked {len(indices)} samples clean; "
                          "MOIT+ needs at least 2")
-    return FinetuneSetup(model=model, train_indices=indices, base_config=run.config,
+    return FinetuneSetup(model=model, train_indices=indices, base_config=config,
                          base_state=state, run=run)
 
 
 def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
              progress: bool | None = None, *, on_epoch_end: EpochCallback | None = None,
-             **overrides: Any) -> Path:
+             data_root: str | Path | None = None, **overrides: Any) -> Path:
     """MOIT+ (spec §4): fine-tune a finished run on its detected clean samples.
 
     Writes ``run_dir/<fcfg.name>`` (default ``finetune/``), a run directory of the same form;
@@ -294,7 +392,13 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     elif overrides:
         fcfg = fcfg.replace(**overrides)
     fcfg.validate()
-    setup = prepare_finetune(run_dir, fcfg)
+    setup = prepare_finetune(run_dir, fcfg, data_root=data_root)
+    with runs.lock_run_dir(runs.run_dir_path(run_dir, fcfg.name), "fine-tune into it"):
+        return _finetune_locked(run_dir, fcfg, setup, progress, on_epoch_end)
+
+
+def _finetune_locked(run_dir: Path, fcfg: FinetuneConfig, setup: FinetuneSetup,
+                     progress: bool | None, on_epoch_end: EpochCallback | None) -> Path:
     out = runs.create_run_dir(run_dir, fcfg.name, overwrite=fcfg.overwrite)
     engine.set_threads()
     with _removed_if_empty_on_error(out):
@@ -307,6 +411,8 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
                 amp_resolved=s.amp, augment_resolved=fcfg.augment)
     runs.write_json_atomic(out / runs.CONFIG_FILE, cfgd)
     runs.save_noise(out, s.noisy)
+    if (run_dir / runs.IMAGES_FILE).is_file():  # the image files, for detect --csv
+        shutil.copyfile(run_dir / runs.IMAGES_FILE, out / runs.IMAGES_FILE)
     return engine.run(s, fcfg.progress if progress is None else progress, on_epoch_end)
 
 

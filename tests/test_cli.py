@@ -81,7 +81,8 @@ def test_train_detect_report_finetune_resume(capsys, tmp_path):
     assert (run_dir / "embeddings" / "final.npz").read_bytes() == final_bytes
     rc, _, err = run_cli(capsys, "detect", run_dir, "--k", "400")
     assert rc == 2 and "k=400 is out of range" in err
-    rc, _, err = run_cli(capsys, "detect", run_dir, "--out", run_dir / "config.json")
+    rc, _, err = run_cli(capsys, "detect", run_dir, "--out",
+                         run_dir / "embeddings" / "final.npz")
     assert rc == 2 and "never overwrites" in err
 
     # resume extends; only trajectory-neutral fields may change

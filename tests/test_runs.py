@@ -20,7 +20,11 @@ def test_create_run_dir_refuses_non_empty_and_names_the_fixes(tmp_path):
     with pytest.raises(FileExistsError) as e:
         runs.create_run_dir(tmp_path, "a")
     msg = str(e.value)
-    assert str(path) in msg and "--name" in msg and "--overwrite" in msg and "--resume" in msg
+    assert str(path) in msg and "--name" in msg and "--overwrite" in msg
+    assert "--resume" not in msg  # no checkpoint: nothing to continue
+    (path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="--resume"):
+        runs.create_run_dir(tmp_path, "a")
     assert (path / "metrics.jsonl").exists()  # nothing was touched
     (path / "sub").mkdir()
     (path / "sub" / "x").write_text("x")
