@@ -109,7 +109,7 @@ def bench_slider(args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
     p.add_argument("--classes", type=int, nargs="+", default=[10, 100])
     p.add_argument("--k", type=int, default=250)

@@ -39,7 +39,7 @@ def random_data(n: int, size: int, channels: int, num_classes: int, seed: int = 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--n", type=int, default=50_000, help="training images")
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--channels", type=int, default=3)

@@ -55,7 +55,7 @@ def bench(device: torch.device, B: int = 128, D: int = 128, C: int = 100,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None,

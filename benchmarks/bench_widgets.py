@@ -49,7 +49,7 @@ def median_ms(fn, ks: list[int], repeats: int) -> dict[int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--n", type=int, default=60_000)
     parser.add_argument("--k-max", type=int, default=250)
     parser.add_argument("--classes", type=int, default=10)
