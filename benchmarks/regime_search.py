@@ -81,6 +81,66 @@ def figures(run_dir: Path) -> dict:
     return row
 
 
+def run_dir_of(runs_root: str | Path, trial: str, method: str, kind: str, rate: float,
+               seed: int) -> Path:
+    """The run directory a trial's run is written to (MOIT+: inside its MOIT run)."""
+    tag = lambda m: f"{trial}-{m}-{kind}-{round(float(rate) * 100)}-s{seed}"  # noqa: E731
+    if method == "moit+":
+        return Path(runs_root) / tag("moit") / "finetune"
+    return Path(runs_root) / tag(method)
+
+
+def run_trial(trial: str, preset: str, methods: list[str], settings: list[tuple[str, float]],
+              seeds: list[int], overrides: dict, ft_overrides: dict, runs_root: str,
+              log: Path, set_text: list[str] = (), ft_text: list[str] = ()) -> list[dict]:
+    """Train every (setting, seed, method) of a trial, appending one JSON line per run to log.
+
+    Each seed seeds both the network and the noise. A run directory of the same name is
+    overwritten (a trial is re-run as a whole)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for kind, rate in settings:
+        for seed in seeds:
+            moit_dir = None
+            for method in methods:
+                t0 = time.perf_counter()
+                if method == "moit+":
+                    if moit_dir is None:
+                        continue
+                    run_dir = train.finetune(moit_dir, progress=False, overwrite=True,
+                                             **ft_overrides)
+                else:
+                    target = run_dir_of(runs_root, trial, method, kind, rate, seed)
+                    cfg = config.preset(preset, **{**overrides, "method": method,
+                                        "noise": kind, "rate": float(rate), "seed": seed,
+                                        "noise_seed": seed, "runs_root": runs_root,
+                                        "name": target.name, "overwrite": True,
+                                        "progress": False})
+                    run_dir = train.train(cfg)
+                    if method == "moit":
+                        moit_dir = run_dir
+                row = dict(trial=trial, preset=preset, method=method, noise=kind,
+                           rate=float(rate), seed=seed, set=list(set_text),
+                           ft_set=list(ft_text), run_dir=str(run_dir),
+                           wall_s=round(time.perf_counter() - t0, 1), **figures(run_dir))
+                with log.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in row.items() if k not in ("set", "ft_set")),
+                      flush=True)
+                rows.append(row)
+    return rows
+
+
+def parse_settings(text: str) -> list[tuple[str, float]]:
+    """"symmetric:0.4,asymmetric:0.4" -> [("symmetric", 0.4), ("asymmetric", 0.4)]."""
+    out = []
+    for item in text.split(","):
+        kind, _, rate = item.partition(":")
+        out.append((kind, float(rate)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trial", required=True)
@@ -97,37 +157,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = _parse_sets(args.set, config.TrainConfig)
-    ft_overrides = _parse_sets(args.ft_set, config.FinetuneConfig)
-    log = Path(args.log)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    for setting in args.settings.split(","):
-        kind, rate = setting.split(":")
-        for seed in (int(s) for s in args.seeds.split(",")):
-            moit_dir = None
-            for method in args.methods.split(","):
-                t0 = time.perf_counter()
-                tag = f"{args.trial}-{method}-{kind}-{round(float(rate) * 100)}-s{seed}"
-                if method == "moit+":
-                    if moit_dir is None:
-                        continue
-                    run_dir = train.finetune(moit_dir, progress=False, **ft_overrides)
-                else:
-                    cfg = config.preset(args.preset, **{**overrides, "method": method,
-                                        "noise": kind, "rate": float(rate), "seed": seed,
-                                        "noise_seed": seed, "runs_root": args.runs_root,
-                                        "name": tag, "overwrite": True, "progress": False})
-                    run_dir = train.train(cfg)
-                    if method == "moit":
-                        moit_dir = run_dir
-                row = dict(trial=args.trial, preset=args.preset, method=method, noise=kind,
-                           rate=float(rate), seed=seed, set=args.set, ft_set=args.ft_set,
-                           wall_s=round(time.perf_counter() - t0, 1), **figures(run_dir))
-                with log.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in row.items() if k not in ("set", "ft_set")),
-                      flush=True)
+    run_trial(args.trial, args.preset, args.methods.split(","), parse_settings(args.settings),
+              [int(s) for s in args.seeds.split(",")],
+              _parse_sets(args.set, config.TrainConfig),
+              _parse_sets(args.ft_set, config.FinetuneConfig), args.runs_root, Path(args.log),
+              args.set, args.ft_set)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,58 @@ def write_figures(run_list: list[Any], out: str | Path) -> list[Path]:
         return sorted(out.glob("*.png"))
 
 
+# --------------------------------------------------------------------------- words
+
+
+def _points(diff: float) -> str:
+    return f"{abs(diff) * 100:.1f} points {'ahead of' if diff >= 0 else 'behind'}"
+
+
+def describe(summary: pd.DataFrame, ce_metrics: pd.DataFrame, noise: Any) -> list[str]:
+    """What the demo's run shows, in sentences computed from its numbers.
+
+    summary: reports.summarize_runs of {"CE", "MOIT", "MOIT+"}; ce_metrics: CE's per-epoch
+    metrics (for the epoch of its best test accuracy); noise: the runs' NoisyLabels.
+    """
+    ce = reports.memorisation(summary.loc["CE"])
+    best_epoch = int(ce_metrics["epoch"][ce_metrics["test_acc"].idxmax()])
+    lines = [f"noise: {noise.kind} {noise.rate:.0%}: {noise.actual_rate:.1%} of the "
+             f"{len(noise)} training labels are wrong."]
+    if ce.memorises:
+        lines.append(
+            f"CE memorises the noise: by the last epoch it fits {ce.train_acc_given:.1%} of the "
+            f"given training labels although only {ce.clean_share:.1%} are right, and its test "
+            f"accuracy fell from {ce.test_acc_best:.3f} (epoch {best_epoch}) to "
+            f"{ce.test_acc_last:.3f}.")
+    else:
+        lines.append(
+            f"CE does not memorise the noise in this run: it fits {ce.train_acc_given:.1%} of "
+            f"the given training labels, no more than the {ce.clean_share:.1%} that are right "
+            f"(test accuracy {ce.test_acc_last:.3f} at the last epoch, {ce.test_acc_best:.3f} "
+            f"at its best, epoch {best_epoch}).")
+    moit, plus = summary.loc["MOIT", "test_acc_last"], summary.loc["MOIT+", "test_acc_last"]
+    lines.append(
+        f"MOIT+ ends at {plus:.3f}, {_points(plus - ce.test_acc_last)} CE's last epoch; "
+        f"MOIT ends at {moit:.3f}, {_points(moit - ce.test_acc_last)} CE "
+        f"(last-epoch test accuracy, the paper's figure; one seed: "
+        f"benchmarks/RESULTS.md has the spread over seeds).")
+    p, r = summary.loc["MOIT", "det_precision_last"], summary.loc["MOIT", "det_recall_last"]
+    if pd.notna(p) and pd.notna(r):
+        aside = 1 - summary.loc["MOIT", "det_selected_frac_last"]
+        lines.append(
+            f"MOIT's last detection sets aside {aside:.1%} of "
+            f"the training images as noisy: {p:.1%} of those are really mislabelled "
+            f"(precision) and they hold {r:.1%} of all wrong labels (recall); MOIT+ "
+            "fine-tunes on the rest (flagged.png shows the most suspicious ones).")
+    cp, cr = summary.loc["CE", "det_precision_last"], summary.loc["CE", "det_recall_last"]
+    if pd.notna(cp) and pd.notna(cr):
+        lines.append(f"The same detector on CE's encoder features: precision {cp:.1%}, recall "
+                     f"{cr:.1%}.")
+    lines.append("test acc (best) is the best epoch seen on the test set: optimistic, shown "
+                 "next to the last epoch.")
+    return lines
+
+
 # --------------------------------------------------------------------------- the demo
 
 
@@ -159,26 +211,8 @@ def run_demo(root: str | Path = "runs", name: str = "demo", preset: str = "cpu-d
     summary = reports.summarize_runs({"CE": ce, "MOIT": moit, "MOIT+": moit_plus})
     text = _format_table(_shown(summary))
     elapsed = time.perf_counter() - t0
-    notes = (
-        f"- noise: {moit.noise.kind} {moit.noise.rate:.0%} "
-        f"({moit.noise.actual_rate:.1%} of the {len(moit.noise)} training labels are wrong)\n"
-        "- det precision / recall / F1: samples flagged as noisy vs the truly mislabelled ones "
-        "(kNN detection of spec §3 after the last epoch; for CE on its encoder features h). "
-        "MOIT+ trains on the MOIT selection, so its row repeats that selection.\n"
-        "- test acc (best) is the best epoch seen on the test set: an optimistic figure, "
-        "reported next to the last epoch, the paper's number.\n"
-        f"- wall time: {elapsed:.0f} s"
-    )
-    ce_mem = reports.memorisation(summary.loc["CE"])
-    ce_fit, clean_frac = ce_mem.train_acc_given, ce_mem.clean_share
-    if ce_mem.test_acc_last >= summary.loc["MOIT", "test_acc_last"] and not ce_mem.memorises:
-        notes += (
-            f"\n- CE beats MOIT here: in this short CPU schedule CE has not yet memorised the "
-            f"noise (its accuracy on the given training labels, {ce_fit:.2f}, stays below the "
-            f"clean fraction {clean_frac:.2f}), which is where the paper's gains come from "
-            "(hundreds of epochs, a ResNet); MOIT's small CNN also trains on heavily augmented "
-            "interpolated views. The detection columns are the part that carries over: see "
-            "flagged.png. For the real comparison run benchmarks/bench_accuracy.py on a GPU.")
+    notes = "\n".join(f"- {line}" for line in describe(summary, ce.metrics, moit.noise)
+                      + [f"wall time: {elapsed:.0f} s"])
     print("\n" + text + "\n\n" + notes)
     figures = write_figures([ce, moit], out)
     (out / "summary.md").write_text(f"# moit-explore demo\n\n{text}\n\n{notes}\n\nFigures: "

@@ -175,8 +175,8 @@ def summarize_runs(runs_by_name: Mapping[Any, Any]) -> pd.DataFrame:
     runs_by_name: name -> runs.Run or run directory. Columns: run (its folder), method, noise,
     rate, epochs, test_acc_last, test_acc_best (an optimistic figure: the best epoch seen on
     the test set), the last train_acc_given / train_acc_true and det_precision / det_recall /
-    det_f1 / det_selected_noise_rate (``_last``; where the run has them), noise_rate (the
-    realised fraction of wrong labels) and time_s (wall time of all epochs).
+    det_f1 / det_selected_frac / det_selected_noise_rate (``_last``; where the run has them),
+    noise_rate (the realised fraction of wrong labels) and time_s (wall time of all epochs).
     """
     rows = {}
     for name, run in runs_by_name.items():
@@ -186,7 +186,7 @@ def summarize_runs(runs_by_name: Mapping[Any, Any]) -> pd.DataFrame:
                                "noise": run.config.get("noise"), "rate": run.config.get("rate"),
                                "epochs": len(m)}
         for col in ("test_acc", "train_acc_given", "train_acc_true", "det_precision",
-                    "det_recall", "det_f1", "det_selected_noise_rate"):
+                    "det_recall", "det_f1", "det_selected_frac", "det_selected_noise_rate"):
             value = _last(m, col)
             if value is not None:
                 row[f"{col}_last"] = value

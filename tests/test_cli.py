@@ -132,6 +132,13 @@ def test_demo_never_overwrites_and_writes_figures(capsys, tmp_path):
     acc = moit.metrics["test_acc"].iloc[-1]
     assert f"{acc:.3f}" in text  # the printed table is the run's own number
     np.testing.assert_array_equal(ce.noise.noisy, moit.noise.noisy)  # same noisy labels
+    # the summary's words follow this run's numbers
+    summary = (out / "summary.md").read_text()
+    fits_more = ce.metrics["train_acc_given"].iloc[-1] > 1 - ce.noise.actual_rate
+    assert ("CE memorises the noise" in summary) == fits_more
+    assert ("CE does not memorise" in summary) == (not fits_more)
+    plus = moit.finetune().metrics["test_acc"].iloc[-1]
+    assert f"MOIT+ ends at {plus:.3f}" in summary
 
 
 def test_presets_command_lists_them(capsys):
