@@ -150,7 +150,7 @@ def table(df: pd.DataFrame) -> tuple[str, list[str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--preset", default=None, help="default: fmnist on CUDA, else cpu-demo")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 1..N")
     ap.add_argument("--methods", default=METHODS)

@@ -142,7 +142,7 @@ def parse_settings(text: str) -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--trial", required=True)
     ap.add_argument("--preset", default="cpu-demo")
     ap.add_argument("--methods", default="ce,moit")
