@@ -379,7 +379,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(
         _PAPER, dataset="digits", arch="small_cnn", width=16, embed_dim=32, epochs=12,
         batch_size=64, lr=0.1, lr_milestones=(9,), xbm_begin=2, xbm_per_class=20, k=20,
-        correction_start=6, augment="none", crop_padding=1, snapshot_epochs=(1, 6),
+        correction_start=6, augment="none", crop_padding=1,
+        snapshot_epochs=(1, 2, 3, 4, 5, 6, 8, 10),  # + the last (12): 9 frames to watch collapse
         device="cpu", eval_batch_size=512,
     ),
     # tests: digits, every branch (memory from epoch 2, label correction from epoch 3)

@@ -31,8 +31,11 @@ __all__ = [
     "course_run",
     "data_root",
     "expected_time",
+    "flip_map",
     "folder_run",
     "preset",
+    "preset_data",
+    "projection_cache",
     "project_root",
     "run_data",
     "run_name",
@@ -85,6 +88,38 @@ def runs_dir() -> Path:
 def data_root() -> Path:
     """The data folder the package looks in: ``<repository>/data`` (see ``data/README.md``)."""
     return project_root() / "data"
+
+
+# Asymmetric noise for the digits (the notebooks' smoke mode): confusions a person makes when
+# reading handwriting, as many flipping classes as Fashion-MNIST's map (5 of 10).
+DIGITS_FLIP_MAP: dict[int, int] = {1: 7, 7: 1, 3: 8, 5: 6, 9: 4}
+
+
+def flip_map(dataset: str) -> dict[int, int]:
+    """The asymmetric-noise flip map (source class -> the class it flips to) the course uses
+    for ``dataset``: noise.FASHION_MNIST_FLIP_MAP for Fashion-MNIST, :data:`DIGITS_FLIP_MAP`
+    for the digits."""
+    key = str(dataset).lower().replace("_", "-")
+    if key in ("fashion-mnist", "fmnist", "fashionmnist"):
+        return dict(noise.FASHION_MNIST_FLIP_MAP)
+    if key == "digits":
+        return dict(DIGITS_FLIP_MAP)
+    raise ValueError(f"the course has no flip map for {dataset!r}; it uses 'digits' and "
+                     "'fashion-mnist'")
+
+
+def preset_data(preset_name: str | None = None) -> datasets.DatasetBundle:
+    """The training and test images a course run of ``preset_name`` (default :func:`preset`)
+    trains on: the same data set and subset, so a notebook illustrates noise on exactly the
+    images it then trains with."""
+    cfg = config.preset(preset_name or _default_preset(), data_root=str(data_root()))
+    return datasets.training_subset(cfg)
+
+
+def projection_cache() -> Path:
+    """Where the notebooks cache 2-D projections (``<runs_dir>/projections``), so a static
+    figure and a widget showing the same embedding share one projection."""
+    return runs_dir() / "projections"
 
 
 def write_demo_imagefolder(folder: str | Path, *, per_class: int = 40, n_misfiled: int = 8,

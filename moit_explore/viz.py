@@ -29,8 +29,10 @@ __all__ = [
     "plot_embedding_grid",
     "plot_flagged_images",
     "plot_image_grid",
+    "plot_knn_over_epochs",
     "plot_memorization",
     "plot_neighbors",
+    "plot_per_class_detection",
     "plot_pr_roc",
     "plot_soft_label_histograms",
     "plot_soft_labels",
@@ -186,6 +188,34 @@ def plot_collapse_over_epochs(
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize="small")
     ax.set_title(title)
+    return fig
+
+
+def plot_knn_over_epochs(
+    tables: Mapping[str, pd.DataFrame],
+    metric: str = "knn_acc_true",
+    *,
+    epoch: float | None = None,
+    ax: Any = None,
+    title: str | None = None,
+):
+    """One line per run of ``metric`` (a column of analysis.collapse_over_epochs, default the
+    kNN accuracy against the true labels) against epoch; ``epoch`` draws a vertical marker
+    (e.g. the epoch a slider shows). tables: run name -> collapse_over_epochs DataFrame."""
+    fig, ax = _fig_ax(ax, figsize=(5, 3.5))
+    drawn = 0
+    for name, table in tables.items():
+        if "epoch" in table and metric in table and table[metric].notna().any():
+            ax.plot(table["epoch"], table[metric], marker="o", ms=3, label=str(name))
+            drawn += 1
+    if not drawn:
+        raise ValueError(f"no table has an 'epoch' and a {metric!r} column (expected "
+                         "analysis.collapse_over_epochs tables)")
+    if epoch is not None:
+        ax.axvline(epoch, color="0.3", ls=":", lw=1.2, label="shown")
+    ax.set(xlabel="epoch", ylabel=metric.replace("_", " "), ylim=(-0.02, 1.02),
+           title=title if title is not None else f"{metric.replace('_', ' ')} over epochs")
+    ax.legend(fontsize="small")
     return fig
 
 
@@ -388,6 +418,44 @@ def plot_pr_roc(
                ylim=(0, 1.02), title="ROC")
     ax_pr.legend(fontsize="small")
     ax_roc.legend(fontsize="small")
+    return fig
+
+
+def plot_per_class_detection(
+    tables: Mapping[str, pd.DataFrame],
+    metrics: Sequence[str] = ("precision", "recall", "n_selected"),
+    *,
+    classes: Sequence[str] | None = None,
+    axes: Sequence[Any] | None = None,
+):
+    """Grouped bars per class, one axis per metric and one bar colour per table.
+
+    tables: name (e.g. a balancing criterion) -> analysis.per_class_detection DataFrame.
+    """
+    names = list(tables)
+    if not names:
+        raise ValueError("no tables to plot; pass name -> analysis.per_class_detection(...)")
+    cols = [m for m in metrics if all(m in t for t in tables.values())]
+    if not cols:
+        raise ValueError(f"none of {list(metrics)} are columns of every table")
+    if axes is None:
+        fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.4),
+                                 layout="constrained", squeeze=False)
+        axes = axes.ravel()
+    fig = axes[0].figure
+    width = 0.8 / len(names)
+    for ax, col in zip(axes, cols, strict=False):
+        for j, name in enumerate(names):
+            table = tables[name]
+            x = np.arange(len(table))
+            ax.bar(x + (j - (len(names) - 1) / 2) * width, table[col].to_numpy(dtype=float),
+                   width=width, label=str(name))
+        ticks = [_name(classes, int(c)) for c in tables[names[0]].index]
+        ax.set_xticks(np.arange(len(ticks)), ticks, rotation=60, ha="right", fontsize="x-small")
+        ax.set_title(col.replace("_", " "))
+        if col in ("precision", "recall", "f1", "selected_noise_rate"):
+            ax.set_ylim(0, 1.05)
+    axes[0].legend(fontsize="small")
     return fig
 
 

@@ -20,12 +20,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from moit_explore import collapse, projection, runs, viz
+from moit_explore import collapse, label_issues, projection, runs, viz
 from moit_explore import detection as det_mod
+from moit_explore import noise as noise_mod
 from moit_explore.validation import (
     BALANCE_CHOICES,
     check_choice,
@@ -35,7 +37,9 @@ from moit_explore.validation import (
     default_k,
 )
 
-__all__ = ["EpochPanel", "KSliderPanel", "SuspiciousImagesPanel", "ThresholdPanel"]
+__all__ = [
+    "EpochPanel", "KSliderPanel", "NoisePanel", "SuspiciousImagesPanel", "ThresholdPanel",
+]
 
 METRICS_CSS_CLASS = "moit-metrics"
 _D_MAX = -math.log(det_mod.CLIP_LOW)  # the largest possible discrepancy (p clipped at 0.01)
@@ -71,6 +75,8 @@ def _png(fig: Any, dpi: int = 80) -> bytes:
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, str):
+        return value
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -81,10 +87,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def metrics_html(metrics: dict[str, Any]) -> str:
     """The one-line metrics text, e.g. 'precision 0.812 · recall 0.734 · F1 0.771 · selected
     41,233', inside a <span class="moit-metrics">."""
-    names = [("k", "k"), ("threshold", "threshold"), ("epoch", "epoch"),
+    names = [("kind", "kind"), ("rate", "requested rate"), ("actual_rate", "realised rate"),
+             ("n_noisy", "wrong labels"),
+             ("k", "k"), ("threshold", "threshold"), ("epoch", "epoch"),
              ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
              ("auroc", "AUROC"), ("selected_noise_rate", "noise in selected"),
-             ("n_selected", "selected"), ("n_label_issues", "label issues"),
+             ("n_selected", "selected"), ("n_not_selected", "not selected"),
+             ("n_label_issues", "label issues"),
              ("knn_acc_true", "kNN acc (true)"), ("knn_acc_given", "kNN acc (given)"),
              ("noisy_agree_given", "noisy ↦ given"), ("noisy_agree_true", "noisy ↦ true"),
              ("distance_ratio_given", "within/between")]
@@ -112,10 +121,10 @@ def _torch_threads(n: int | None):
 
 def _groups(clean: np.ndarray, is_noisy: np.ndarray | None) -> tuple[np.ndarray, tuple]:
     """The two groups a histogram compares: the truth (correct vs noisy labels) when known,
-    else the detection's split (clean vs label issue). -> (second-group mask, names)."""
+    else the selection (selected as clean vs not selected). -> (second-group mask, names)."""
     if is_noisy is not None:
         return is_noisy, ("correct label", "noisy label")
-    return ~clean, ("clean", "label issue")
+    return ~clean, ("selected", "not selected")
 
 
 class _Panel:
@@ -178,10 +187,12 @@ class KSliderPanel(_Panel):
 
     neighbors: detection.Neighbors from detection.knn_search(features, k_max); labels (N,)
     given labels; is_noisy (N,) bool when the truth is known (precision/recall/F1/AUROC), else
-    the panel reports what was selected. k: the starting k (None: validation.default_k of the
+    the panel reports what was selected; either way n_selected / n_not_selected (the training
+    selection) and n_label_issues (the ``is_label_issue`` column of
+    label_issues.detection_issues_table). k: the starting k (None: validation.default_k of the
     labels, within k_max; for a run's features pass its ``run.k``). ``update(k)`` runs
     detection.detect_from_neighbors and returns the metrics; ``histograms`` holds the
-    discrepancy histograms (correct vs noisy labels, or clean vs label issue without
+    discrepancy histograms (correct vs noisy labels, or selected vs not selected without
     ``is_noisy``). torch_threads: intra-op threads while detecting (1 by default, see
     :func:`_torch_threads`; None leaves torch's setting alone).
     """
@@ -230,7 +241,11 @@ class KSliderPanel(_Panel):
             out.update(det_mod.detection_metrics(clean, self.is_noisy, det.discrepancy))
         else:
             out["selected_frac"] = n_sel / clean.size
-        out.update(n_selected=n_sel, n_label_issues=int(clean.size - n_sel))
+        # label issues as the package's label-issue table defines them (a verdict on each
+        # label, not the training selection: see label_issues)
+        issues = label_issues.detection_issues_table(det, self.labels, sort=False)
+        out.update(n_selected=n_sel, n_not_selected=int(clean.size - n_sel),
+                   n_label_issues=int(issues["is_label_issue"].sum()))
         return out, det
 
     def metrics(self, k: int | None = None, balance: str | None = None) -> dict[str, Any]:
@@ -511,14 +526,23 @@ class SuspiciousImagesPanel(_Panel):
 
 
 class EpochPanel(_Panel):
-    """Embedding snapshots of a run over training: 2-D projection + collapse metrics.
+    """Embedding snapshots of a run over training: 2-D projection, collapse measures and the
+    kNN-accuracy-over-epochs curve.
 
     run: a runs.Run (or its directory) with ``embeddings/epoch_XXXX.npz`` snapshots (without
     any, the final embedding is the only frame, named -1). compare: a second run shown side by
     side at the same epoch (its nearest snapshot). k: the collapse measures' neighbours (None:
-    each run's own k, see collapse.run_collapse_metrics). method: "pca" by default (fast per frame);
-    "umap" is slower, cache it with ``cache_path``. subsample: rows projected per frame (the
-    same rows every epoch). ``update(epoch)`` returns {"epoch", collapse metrics...,
+    each run's own k, see collapse.run_collapse_metrics). method: "pca" by default (fast per
+    frame); "umap" is slower, cache it with ``cache_path`` (a notebook that shows a static
+    UMAP figure of the same features passes the same method and cache_path: the panel's frame
+    of that embedding is then the very same projection). subsample: rows projected per frame
+    (the same rows every epoch; None: all). Each frame is its own fit of the projection:
+    compare the cluster structure between epochs, not the positions.
+
+    ``curves`` holds the collapse measures of every frame (one DataFrame per run, name ->
+    table as analysis.collapse_over_epochs), computed once; the panel draws ``curve_metric``
+    from it ("knn_acc_true" when the true labels are known, else "knn_acc_given") with the
+    shown epoch marked. ``update(epoch)`` returns {"epoch", collapse measures...,
     "compare": {...}} and keeps ``projections``.
     """
 
@@ -538,7 +562,18 @@ class EpochPanel(_Panel):
         self.k, self.method, self.subsample = k, method, subsample
         self.cache_path, self.seed = cache_path, seed
         self.epochs = self._frames(self.run)
-        self._cache: dict[tuple[int, int], tuple[dict[str, Any], Any, dict[str, Any]]] = {}
+        self._metrics_cache: dict[tuple[int, int], dict[str, Any]] = {}
+        self._proj_cache: dict[tuple[int, int], Any] = {}
+        self.labels = {"run": self._label(self.run, "run")}
+        self.curves = {self.labels["run"]: self._curve(0, self.run)}
+        if self.compare is not None:
+            self.labels["compare"] = self._label(self.compare, "compare")
+            if self.labels["compare"] == self.labels["run"]:
+                self.labels["compare"] += " (compare)"
+            self.curves[self.labels["compare"]] = self._curve(1, self.compare)
+        known = self.run.true_labels_known and (
+            self.compare is None or self.compare.true_labels_known)
+        self.curve_metric = "knn_acc_true" if known else "knn_acc_given"
         self.epoch = self.epochs[-1]
         self.projections: dict[str, Any] = {}
         self.last: dict[str, Any] = {}
@@ -549,19 +584,42 @@ class EpochPanel(_Panel):
         epochs = list(getattr(run, "snapshot_epochs", []))
         return epochs if epochs else [-1]
 
+    @staticmethod
+    def _label(run: Any, fallback: str) -> str:
+        """A short name: the method and noise rate (e.g. "supcon 40%"), else the folder."""
+        cfg = getattr(run, "config", {}) or {}
+        if "method" in cfg and isinstance(cfg.get("rate"), (int, float)):
+            return f"{cfg['method']} {cfg['rate']:.0%}"
+        return str(getattr(run, "name", fallback))
+
+    def curve(self, which: str = "run") -> Any:
+        """The collapse measures of every snapshot of the run ("run") or of the compared run
+        ("compare"): a DataFrame with an epoch column, as analysis.collapse_over_epochs."""
+        if which not in self.labels:
+            raise ValueError(f"which must be one of {list(self.labels)}, got {which!r}")
+        return self.curves[self.labels[which]]
+
     def _arrays(self, run: Any, epoch: int) -> dict[str, Any]:
         return run.final() if epoch == -1 else run.snapshot(epoch)
 
-    def _frame(self, which: int, run: Any, epoch: int) -> tuple[dict[str, Any], Any, dict]:
+    def _metrics(self, which: int, run: Any, epoch: int) -> dict[str, Any]:
         key = (which, epoch)
-        if key not in self._cache:
-            a = self._arrays(run, epoch)
-            metrics = collapse.run_collapse_metrics(run, a, self.k)
-            proj = projection.embedding_projection(
-                a["features"], method=self.method, cache_path=self.cache_path, seed=self.seed,
-                subsample=self.subsample)
-            self._cache[key] = (metrics, proj, a)
-        return self._cache[key]
+        if key not in self._metrics_cache:
+            self._metrics_cache[key] = collapse.run_collapse_metrics(
+                run, self._arrays(run, epoch), self.k)
+        return self._metrics_cache[key]
+
+    def _curve(self, which: int, run: Any) -> Any:
+        rows = [{"epoch": e, **self._metrics(which, run, e)} for e in self._frames(run)]
+        return pd.DataFrame(rows)
+
+    def _projection(self, which: int, run: Any, epoch: int) -> Any:
+        key = (which, epoch)
+        if key not in self._proj_cache:
+            self._proj_cache[key] = projection.embedding_projection(
+                self._arrays(run, epoch)["features"], method=self.method,
+                cache_path=self.cache_path, seed=self.seed, subsample=self.subsample)
+        return self._proj_cache[key]
 
     def update(self, epoch: int | None = None) -> dict[str, Any]:
         """Metrics (and projection) of snapshot ``epoch`` (default: the current one)."""
@@ -569,15 +627,13 @@ class EpochPanel(_Panel):
         if epoch not in self.epochs:
             raise ValueError(f"epoch {epoch} has no snapshot; available: {self.epochs}")
         self.epoch = epoch
-        metrics, proj, _ = self._frame(0, self.run, epoch)
-        out: dict[str, Any] = {"epoch": epoch, **metrics}
-        self.projections = {"run": proj}
+        out: dict[str, Any] = {"epoch": epoch, **self._metrics(0, self.run, epoch)}
+        self.projections = {"run": self._projection(0, self.run, epoch)}
         if self.compare is not None:
             other = self._frames(self.compare)
             e2 = min(other, key=lambda e: (abs(e - epoch), e))
-            m2, p2, _ = self._frame(1, self.compare, e2)
-            out["compare"] = {"epoch": e2, **m2}
-            self.projections["compare"] = p2
+            out["compare"] = {"epoch": e2, **self._metrics(1, self.compare, e2)}
+            self.projections["compare"] = self._projection(1, self.compare, e2)
         self.last = out
         self._maybe_redraw()
         return out
@@ -598,16 +654,96 @@ class EpochPanel(_Panel):
         panels = [("run", self.run, 0)]
         if self.compare is not None:
             panels.append(("compare", self.compare, 1))
-        fig = _figure(4.0 * len(panels), 3.8)
+        fig = _figure(3.8 * len(panels) + 4.2, 3.6)
+        grid = fig.add_gridspec(1, len(panels) + 1)
         for i, (name, run, which) in enumerate(panels):
-            ax = fig.add_subplot(1, len(panels), i + 1)
+            ax = fig.add_subplot(grid[0, i])
             epoch = self.epoch if which == 0 else self.last["compare"]["epoch"]
-            _, proj, a = self._frame(which, run, epoch)
+            proj = self.projections[name]
+            a = self._arrays(run, epoch)
             noisy = None
             if "labels_true" in a and run.true_labels_known:
                 noisy = np.asarray(a["labels_given"]) != np.asarray(a["labels_true"])
             color = a["labels_true"] if noisy is not None else a["labels_given"]
-            label = getattr(run, "name", name)
+            shown = epoch if epoch >= 0 else "final"
             viz.plot_embedding(proj, color, is_noisy=noisy, ax=ax, point_size=4, legend=False,
-                               title=f"{label} · epoch {epoch if epoch >= 0 else 'final'}")
+                               title=f"{self.labels[name]} · epoch {shown} · "
+                                     f"{proj.method.upper()}")
+        names = {"knn_acc_true": "kNN accuracy (true labels)",
+                 "knn_acc_given": "kNN accuracy (given labels)"}
+        viz.plot_knn_over_epochs(self.curves, self.curve_metric, ax=fig.add_subplot(grid[0, -1]),
+                                 epoch=self.epoch if self.epoch >= 0 else None,
+                                 title=f"{names[self.curve_metric]} over epochs")
+        self._image.value = _png(fig)
+
+
+# --------------------------------------------------------------------------- noise
+
+
+class NoisePanel(_Panel):
+    """Synthetic label noise on a set of labels: the realised transition matrix as the noise
+    rate and kind change (noise.inject_noise, the same seed every time).
+
+    labels (N,) the true labels; classes: their names; flip_map: the asymmetric noise's flips
+    (source -> target class; without it only "symmetric" is offered). ``update(rate=, kind=)``
+    returns kind, rate (requested), actual_rate (realised share of wrong labels) and n_noisy,
+    and keeps ``noisy`` (the noise.NoisyLabels).
+    """
+
+    def __init__(
+        self,
+        labels: Any,
+        num_classes: int,
+        *,
+        classes: list[str] | None = None,
+        flip_map: dict[int, int] | None = None,
+        rate: float = 0.4,
+        kind: str = "symmetric",
+        seed: int = 42,
+    ) -> None:
+        self.labels = check_labels(labels, None, num_classes)
+        self.num_classes = int(num_classes)
+        self.classes = list(classes) if classes is not None else None
+        self.flip_map = None if flip_map is None else dict(flip_map)
+        self.kinds = ("symmetric", "asymmetric") if self.flip_map else ("symmetric",)
+        self.seed = seed
+        self.kind = check_choice("kind", kind, self.kinds)
+        self.rate = float(rate)
+        self.noisy: Any = None
+        self.last: dict[str, Any] = {}
+        self.update()
+
+    def update(self, rate: float | None = None, kind: str | None = None) -> dict[str, Any]:
+        """Inject noise of ``kind`` at ``rate`` (default: the current ones), return the
+        numbers, redraw the UI."""
+        if kind is not None:
+            self.kind = check_choice("kind", kind, self.kinds)
+        if rate is not None:
+            self.rate = float(rate)
+        self.noisy = noise_mod.inject_noise(
+            self.labels, self.kind, self.rate, self.num_classes, seed=self.seed,
+            flip_map=self.flip_map if self.kind == "asymmetric" else None)
+        self.last = {"kind": self.kind, "rate": self.rate,
+                     "actual_rate": float(self.noisy.actual_rate),
+                     "n_noisy": int(self.noisy.is_noisy.sum())}
+        self._maybe_redraw()
+        return self.last
+
+    def _build(self) -> Any:
+        w = _ipw()
+        self._kind = w.Dropdown(options=list(self.kinds), value=self.kind, description="kind")
+        self._slider = w.FloatSlider(value=self.rate, min=0.0, max=0.9, step=0.05,
+                                     description="rate", continuous_update=False,
+                                     readout_format=".2f")
+        return self._assemble([self._kind, self._slider], lambda: {
+            "rate": float(self._slider.value), "kind": str(self._kind.value)})
+
+    def _redraw(self) -> None:
+        with self._moving_controls():
+            self._kind.value = self.kind
+            self._slider.value = self.rate
+        self._html.value = metrics_html(self.last)
+        fig = _figure(5.2, 4.4)
+        viz.plot_transition_matrix(self.noisy.transition, self.classes, ax=fig.add_subplot(),
+                                   title=f"{self.kind} noise, rate {self.rate:.2f}, realised")
         self._image.value = _png(fig)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from moit_explore import config, course
+from moit_explore import config, course, noise
 
 
 @pytest.fixture
@@ -84,3 +84,19 @@ def test_a_folder_run_records_the_folder_it_trained_on(cache, tmp_path, digits):
                                     xbm_per_class=40, batch_size=16)) == _stamp(run)
     with pytest.raises(ValueError, match="image folder"):
         course.folder_run(digits, preset="smoke")
+
+
+def test_preset_data_is_the_runs_training_subset(cache):
+    data = course.preset_data("smoke")
+    run = course.course_run("ce", preset="smoke", progress=False)
+    assert np.array_equal(data.train_labels, run.dataset().train_labels)
+    assert np.array_equal(data.train_images, run.dataset().train_images)
+    assert course.projection_cache().parent == cache
+
+
+def test_flip_maps_of_the_course_data_sets():
+    assert course.flip_map("fashion-mnist") == noise.FASHION_MNIST_FLIP_MAP
+    digits_map = course.flip_map("digits")
+    assert len(digits_map) == 5 and all(s != d for s, d in digits_map.items())
+    with pytest.raises(ValueError, match="no flip map"):
+        course.flip_map("cifar10")

@@ -226,3 +226,32 @@ def test_plot_neighbors_and_soft_labels(digits):
     heights = [b.get_height() for b in fig.axes[0].patches]
     assert np.allclose(heights, p[0])
     assert fig.axes[0].patches[1].get_hatch() == "//"
+
+
+def test_plot_knn_over_epochs_one_line_per_run_and_the_shown_epoch():
+    a = pd.DataFrame({"epoch": [1, 3, 5], "knn_acc_true": [0.5, 0.7, 0.6]})
+    b = pd.DataFrame({"epoch": [1, 3, 5], "knn_acc_true": [0.4, 0.8, 0.9]})
+    fig = viz.plot_knn_over_epochs({"supcon": a, "icl": b}, epoch=3)
+    _render(fig)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"supcon", "icl", "shown"}
+    assert list(lines["icl"].get_ydata()) == [0.4, 0.8, 0.9]
+    assert list(lines["shown"].get_xdata()) == [3, 3]
+    with pytest.raises(ValueError, match="knn_acc_given"):
+        viz.plot_knn_over_epochs({"a": a}, "knn_acc_given")
+
+
+def test_plot_per_class_detection_bars(noisy_digits):
+    _, nz, det = noisy_digits
+    tables = {balance: analysis.per_class_detection(clean, nz.is_noisy, nz.noisy, 10)
+              for balance, clean in (("median", det.clean), ("none", det.agree))}
+    fig = viz.plot_per_class_detection(tables, ("precision", "recall", "n_selected"))
+    _render(fig)
+    assert len(fig.axes) == 3
+    bars = fig.axes[2].patches  # n_selected: 10 classes x 2 tables
+    assert len(bars) == 20
+    heights = sorted(b.get_height() for b in bars[:10])
+    assert heights == sorted(tables["median"]["n_selected"].astype(float))
+    with pytest.raises(ValueError, match="no tables"):
+        viz.plot_per_class_detection({})

@@ -65,9 +65,12 @@ def test_k_slider_without_true_labels(setup):
     _, nz, nb = setup
     panel = widgets.KSliderPanel(nb, nz.noisy, 10, k=10)
     m = panel.last
-    assert "precision" not in m and m["n_selected"] + m["n_label_issues"] == len(nz.noisy)
-    assert set(panel.histograms) == {"edges", "clean", "label issue"}
-    assert panel.histograms["label issue"].sum() == m["n_label_issues"]
+    assert "precision" not in m and m["n_selected"] + m["n_not_selected"] == len(nz.noisy)
+    assert set(panel.histograms) == {"edges", "selected", "not selected"}
+    assert panel.histograms["not selected"].sum() == m["n_not_selected"]
+    # label issues are the label-issue table's verdict, not the training selection
+    table = analysis.detection_issues_table(panel.detection, nz.noisy, sort=False)
+    assert m["n_label_issues"] == int(table["is_label_issue"].sum())
 
 
 def test_k_slider_starts_at_the_one_default_k(setup):
@@ -255,3 +258,67 @@ def test_epoch_panel_takes_k_from_the_run_config(tmp_path, setup):
                                         k=validation.default_k(nz.noisy))
     assert widgets.EpochPanel(bare, subsample=200).last["knn_acc_true"] == pytest.approx(
         default["knn_acc_true"])
+
+
+def test_epoch_panel_draws_the_knn_curve_of_every_snapshot(tmp_path, setup):
+    feats, nz, _ = setup
+    given, true = nz.noisy, nz.clean
+    rng = np.random.default_rng(1)
+    snaps = {e: np.eye(10)[true if e < 3 else given] + rng.normal(0, 0.1, (len(true), 10))
+             for e in (1, 2, 3, 4)}
+    run = _write_run(tmp_path, "supcon", given, true, snaps, feats,
+                     config={"method": "supcon", "rate": 0.3, "k": 10})
+    other = _write_run(tmp_path, "icl", given, true, {1: feats, 4: feats}, feats,
+                       config={"method": "icl", "rate": 0.3, "k": 10})
+    panel = widgets.EpochPanel(run, compare=other, subsample=None)
+    curve = panel.curve("run")
+    assert list(curve["epoch"]) == [1, 2, 3, 4] and panel.curve_metric == "knn_acc_true"
+    for epoch in (1, 4):
+        ref = analysis.collapse_metrics(run.snapshot(epoch)["features"], given, true, k=10)
+        row = curve.set_index("epoch").loc[epoch]
+        assert row["knn_acc_true"] == pytest.approx(ref["knn_acc_true"])
+    # the snapshots follow the true labels, then the given ones: the curve shows the collapse
+    assert curve["knn_acc_true"].iloc[-1] < curve["knn_acc_true"].iloc[0] - 0.2
+    assert list(panel.curve("compare")["epoch"]) == [1, 4]
+    assert set(panel.curves) == {"supcon 30%", "icl 30%"}
+    with pytest.raises(ValueError, match="which"):
+        panel.curve("other")
+    pytest.importorskip("ipywidgets")
+    panel.widget()
+    before = panel._image.value
+    panel._slider.value = 2
+    assert panel._image.value != before and panel.epoch == 2
+
+
+def test_epoch_panel_frame_is_the_static_projection(tmp_path, setup):
+    """With the same method and cache, the panel's frame is the static figure's projection."""
+    feats, nz, _ = setup
+    run = _write_run(tmp_path, "r", nz.noisy[:300], nz.clean[:300], {1: feats[:300]},
+                     feats[:300], config={"k": 10})
+    static = analysis.embedding_projection(run.snapshot(1)["features"], method="pca", seed=0,
+                                           cache_path=tmp_path / "proj")
+    panel = widgets.EpochPanel(run, method="pca", subsample=None, cache_path=tmp_path / "proj")
+    assert np.array_equal(panel.projections["run"].coords, static.coords)
+
+
+def test_noise_panel_matches_inject_noise(setup):
+    _, nz, _ = setup
+    labels = nz.clean
+    flips = {1: 7, 7: 1, 3: 8}
+    panel = widgets.NoisePanel(labels, 10, flip_map=flips, rate=0.4)
+    ref = noise.inject_noise(labels, "symmetric", 0.4, 10, seed=42)
+    assert np.array_equal(panel.noisy.noisy, ref.noisy)
+    out = panel.update(rate=0.2, kind="asymmetric")
+    ref = noise.inject_noise(labels, "asymmetric", 0.2, 10, seed=42, flip_map=flips)
+    assert np.array_equal(panel.noisy.noisy, ref.noisy)
+    assert out["actual_rate"] == pytest.approx(ref.actual_rate)
+    assert out["n_noisy"] == int(ref.is_noisy.sum())
+    assert widgets.NoisePanel(labels, 10).kinds == ("symmetric",)
+    with pytest.raises(ValueError, match="kind"):
+        widgets.NoisePanel(labels, 10, kind="asymmetric")
+    pytest.importorskip("ipywidgets")
+    panel.widget()
+    before = _text(panel._html.value)
+    assert "realised rate" in before and "asymmetric" in before
+    panel._slider.value = 0.6
+    assert panel.rate == pytest.approx(0.6) and _text(panel._html.value) != before
