@@ -105,6 +105,9 @@ def run_trial(trial: str, preset: str, methods: list[str], settings: list[tuple[
             for method in methods:
                 t0 = time.perf_counter()
                 if method == "moit+":
+                    # after this trial's MOIT run, or on one made earlier
+                    earlier = run_dir_of(runs_root, trial, "moit", kind, rate, seed)
+                    moit_dir = moit_dir or (earlier if earlier.is_dir() else None)
                     if moit_dir is None:
                         continue
                     run_dir = train.finetune(moit_dir, progress=False, overwrite=True,
