@@ -16,6 +16,8 @@ never written to (the release could overwrite them through a tensor sharing NumP
 
 Backends of :func:`knn_search` agree up to ties in similarity: when two candidates have exactly
 the same similarity, ``torch.topk`` and faiss may order them (or cut at ``k``) differently.
+The exact backends ("torch", "faiss") cost O(N^2 d); "faiss-ivf" is an approximate search for
+N in the millions (:func:`ivf_settings`), exact below ``IVF_MIN_SAMPLES``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "detection_counts",
     "detection_metrics",
     "knn_search",
+    "ivf_settings",
     "knn_soft_labels",
     "majority_vote",
     "prf",
@@ -61,6 +64,17 @@ __all__ = [
 ]
 
 CLIP_LOW, CLIP_HIGH = 0.01, 0.99
+# backend="faiss-ivf" (an inverted-file index, faiss IndexIVFFlat on the inner product of
+# L2-normalised features): below IVF_MIN_SAMPLES samples the search is exact (faiss
+# IndexFlatIP, the "faiss" backend's results), where it costs seconds and an index gains little.
+IVF_MIN_SAMPLES = 20_000
+# lists probed per query: the recall / time trade-off (benchmarks/RESULTS.md, "Detection at
+# scale": recall@250 vs exact search on clustered features)
+IVF_NPROBE = 32
+# k-means of the coarse quantizer trains on a random sample of at most this many vectors per
+# list (faiss warns below 39), and at least IVF_MIN_TRAIN vectors when N has them
+IVF_TRAIN_PER_LIST = 64
+IVF_MIN_TRAIN = 50_000
 # the torch backend keeps one (chunk x N) fp32 similarity block of about this size
 DEFAULT_BLOCK_BYTES = 256 * 2**20
 
@@ -133,8 +147,8 @@ def _faiss():
         import faiss  # noqa: PLC0415 -- optional dependency, imported lazily
     except ImportError as err:
         raise ImportError(
-            "backend='faiss' needs faiss: `pip install faiss-cpu` (or the [faiss] extra: "
-            "`pip install -e '.[faiss]'`), or use backend='torch'"
+            "backend='faiss' / 'faiss-ivf' needs faiss: `pip install faiss-cpu` (or the "
+            "[faiss] extra: `pip install -e '.[faiss]'`), or use backend='torch' (exact)"
         ) from err
     return faiss
 
@@ -234,6 +248,77 @@ def _knn_faiss(
     return out_i, out_s
 
 
+def ivf_settings(n: int) -> tuple[int, int, int]:
+    """(nlist, nprobe, n_train) of the "faiss-ivf" search of ``n`` samples.
+
+    nlist = round(4 * sqrt(n)) inverted lists (at most n // 39, so every list gets the 39
+    training vectors faiss asks for); nprobe = min(IVF_NPROBE, nlist) lists searched per query;
+    the k-means trains on n_train = min(n, max(IVF_MIN_TRAIN, IVF_TRAIN_PER_LIST * nlist))
+    vectors drawn at random (seed 0). At n = 200,000: 1,789 lists, 32 probed, 114,496 trained
+    on; at 1,000,000: 4,000 lists, 32 probed, 256,000 trained on.
+    """
+    nlist = max(1, min(int(round(4 * np.sqrt(n))), n // 39))
+    n_train = min(n, max(IVF_MIN_TRAIN, IVF_TRAIN_PER_LIST * nlist))
+    return nlist, min(IVF_NPROBE, nlist), n_train
+
+
+def _knn_faiss_ivf(
+    x: np.ndarray,
+    k: int,
+    chunk_size: int | None,
+    progress: bool = False,
+    queries: np.ndarray | None = None,
+    nprobe: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate cosine kNN with faiss IndexIVFFlat (inner product of L2-normalised rows);
+    exact (:func:`_knn_faiss`) below IVF_MIN_SAMPLES. Same results layout as the exact search.
+
+    A query's own vector is always found (it sits in the list of its nearest centroid, which is
+    probed first) unless exact duplicates crowd it out; then, as in the exact search, the last
+    result is dropped. Rows for which the probed lists held fewer than k (+1) vectors (faiss
+    pads them with -1) are searched again over every list.
+    """
+    n, d = x.shape
+    if n < IVF_MIN_SAMPLES:
+        return _knn_faiss(x, k, chunk_size, progress, queries)
+    faiss = _faiss()
+    x = _normalized_copy(x, faiss)
+    q = x if queries is None else _normalized_copy(queries, faiss)
+    nlist, default_probe, n_train = ivf_settings(n)
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = x
+    if n_train < n:
+        rows = np.sort(np.random.default_rng(0).choice(n, n_train, replace=False))
+        sample = x[rows]
+    index.train(sample)
+    del sample
+    index.add(x)
+    index.nprobe = min(nlist, nprobe or default_probe)
+    chunk_size = chunk_size or 16384
+    extra = 1 if queries is None else 0
+    n_q = q.shape[0]
+    out_i = np.empty((n_q, k), dtype=np.int64)
+    out_s = np.empty((n_q, k), dtype=np.float32)
+    with _progress(n_q, progress, "kNN (faiss-ivf)") as bar:
+        for lo in range(0, n_q, chunk_size):
+            hi = min(n_q, lo + chunk_size)
+            sims, inds = index.search(q[lo:hi], k + extra)
+            short = np.flatnonzero((inds < 0).any(axis=1))
+            if short.size:  # too few candidates in the probed lists: search every list
+                probe, index.nprobe = index.nprobe, nlist
+                sims[short], inds[short] = index.search(q[lo:hi][short], k + extra)
+                index.nprobe = probe
+            inds = inds.astype(np.int64, copy=False)
+            if extra:
+                s, i = _drop_self(torch.from_numpy(sims), torch.from_numpy(inds),
+                                  torch.arange(lo, hi))
+                sims, inds = s.numpy(), i.numpy()
+            out_s[lo:hi], out_i[lo:hi] = sims, inds
+            bar.update(hi - lo)
+    return out_i, out_s
+
+
 def _resolve_backend(backend: str, x: np.ndarray | torch.Tensor) -> str:
     if backend != "auto":
         return backend
@@ -260,9 +345,11 @@ def _knn(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """kNN as torch tensors: on ``x``'s device for the torch backend, on the CPU for faiss.
     Arguments are checked by the public caller."""
-    if _resolve_backend(backend, x) == "faiss":
+    resolved = _resolve_backend(backend, x)
+    if resolved in ("faiss", "faiss-ivf"):
         q = None if queries is None else _as_numpy(queries)
-        idx, sims = _knn_faiss(_as_numpy(x), k, chunk_size, progress, q)
+        search = _knn_faiss if resolved == "faiss" else _knn_faiss_ivf
+        idx, sims = search(_as_numpy(x), k, chunk_size, progress, q)
         return torch.from_numpy(idx), torch.from_numpy(sims)
     q = None if queries is None else _as_tensor(queries)
     return _knn_torch(_as_tensor(x), k, chunk_size, progress, q)
@@ -277,7 +364,8 @@ def knn_search(
     chunk_size: int | None = None,
     progress: bool = False,
 ) -> Neighbors:
-    """Exact cosine k-nearest neighbours of every sample among the OTHER samples.
+    """Cosine k-nearest neighbours of every sample among the OTHER samples (exact, except
+    ``backend="faiss-ivf"``).
 
     features: (N, d) NumPy array or torch tensor (L2-normalised here; zero rows stay zero).
     Returns :class:`Neighbors` with indices int64 (N, k) and similarities float32 (N, k), most
@@ -290,7 +378,11 @@ def knn_search(
     backend: "torch" (chunked matmul + ``torch.topk`` on the tensor's device; a (chunk x N)
     fp32 block stays within ~256 MB unless ``chunk_size`` rows are given), "faiss"
     (faiss-cpu ``IndexFlatIP``; a CUDA tensor is copied to the CPU), or "auto": torch for
-    CUDA tensors, else faiss when it is installed, else torch. Backends agree up to ties in
+    CUDA tensors, else faiss when it is installed, else torch (exact search stays the default).
+    "faiss-ivf": approximate, for N in the millions on a CPU: faiss ``IndexIVFFlat`` with
+    nlist ~ 4 sqrt(N) lists, ``IVF_NPROBE`` probed (:func:`ivf_settings`); exact ("faiss")
+    below ``IVF_MIN_SAMPLES`` samples. Its neighbours feed :func:`detect_from_neighbors` (the
+    k slider) like the exact ones. The exact backends agree up to ties in
     similarity (tied candidates may be ordered or cut differently). On CUDA the matmul follows
     ``torch.backends.cuda.matmul.allow_tf32`` (off by default; TF32 would blur close calls).
     """

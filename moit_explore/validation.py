@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 BALANCE_CHOICES = ("median", "min", "max", "none")
-BACKEND_CHOICES = ("auto", "torch", "faiss")
+BACKEND_CHOICES = ("auto", "torch", "faiss", "faiss-ivf")
 WEIGHTING_CHOICES = ("none", "similarity")
 # the paper's k (spec §5): 5 % of a CIFAR-10 class of 5000 images
 DEFAULT_K = 250

@@ -374,3 +374,72 @@ def test_k_slider_reuses_one_search():
         np.testing.assert_allclose(a.soft_labels, b.soft_labels)
         assert a.k == k and a.balance == "median"
     assert isinstance(nb, Neighbors) and nb.k_max == 40
+
+
+# --------------------------------------------------------------------------- faiss-ivf
+
+
+def _recall(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([np.intersect1d(x, y).size / a.shape[1]
+                          for x, y in zip(a, b, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def ivf_pair():
+    """N = 20,000 (>= IVF_MIN_SAMPLES): the IVF search and the exact one, k = 50."""
+    assert det.IVF_MIN_SAMPLES <= 20_000
+    x, true, given = clustered(20_000, 10, dim=32)
+    return x, true, given, knn_search(x, 50, backend="faiss-ivf"), knn_search(x, 50,
+                                                                             backend="faiss")
+
+
+@needs_faiss
+def test_ivf_recall_and_detection_close_to_exact(ivf_pair):
+    x, true, given, ivf, exact = ivf_pair
+    n = x.shape[0]
+    assert ivf.indices.shape == (n, 50) and ivf.indices.min() >= 0
+    assert not (ivf.indices == np.arange(n)[:, None]).any()  # self excluded by index
+    assert _recall(ivf.indices, exact.indices) >= 0.95
+    d_ivf = detect_noise(x, given, 10, k=50, backend="faiss-ivf")
+    d_exact = detect_noise(x, given, 10, k=50, backend="faiss")
+    assert np.mean(d_ivf.clean == d_exact.clean) >= 0.98
+    noisy = given != true
+    f_ivf = detection_metrics(d_ivf.clean, noisy)["f1"]
+    assert f_ivf == pytest.approx(detection_metrics(d_exact.clean, noisy)["f1"], abs=0.01)
+    # the k slider on the approximate neighbours: one search, any k <= k_max
+    for k in (10, 50):
+        a = detect_from_neighbors(ivf, given, 10, k)
+        assert a.clean.shape == (n,)
+    np.testing.assert_array_equal(detect_from_neighbors(ivf, given, 10, 50).clean, d_ivf.clean)
+
+
+@needs_faiss
+def test_ivf_below_threshold_is_exact():
+    x, _, given = clustered(3000, 6, dim=16)
+    assert x.shape[0] < det.IVF_MIN_SAMPLES
+    a, b = knn_search(x, 20, backend="faiss-ivf"), knn_search(x, 20, backend="faiss")
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.similarities, b.similarities)
+    da = detect_noise(x, given, 6, k=20, backend="faiss-ivf")
+    db = detect_noise(x, given, 6, k=20, backend="faiss")
+    np.testing.assert_array_equal(da.clean, db.clean)
+    np.testing.assert_array_equal(da.discrepancy, db.discrepancy)
+
+
+@needs_faiss
+def test_ivf_fills_rows_the_probed_lists_cannot(monkeypatch):
+    # one probed list of ~35 vectors cannot hold 51 results: faiss pads with -1, and those
+    # rows are searched again over every list
+    monkeypatch.setattr(det, "IVF_NPROBE", 1)
+    x, _, _ = clustered(20_000, 10, dim=32)
+    nb = knn_search(x, 50, backend="faiss-ivf")
+    assert nb.indices.min() >= 0 and nb.indices.max() < x.shape[0]
+    assert not (nb.indices == np.arange(x.shape[0])[:, None]).any()
+    assert all(len(set(row)) == 50 for row in nb.indices[:500])
+
+
+def test_ivf_settings_rule():
+    assert det.ivf_settings(200_000) == (1789, det.IVF_NPROBE, 114_496)
+    assert det.ivf_settings(1_000_000) == (4000, det.IVF_NPROBE, 256_000)
+    nlist, nprobe, n_train = det.ivf_settings(20_000)
+    assert nlist == 20_000 // 39 and n_train == 20_000 and nprobe <= nlist  # 39 per list
