@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from moit_explore import config as cfg_mod
-from moit_explore import datasets, demo, detection, label_issues, reports, runs, train
+from moit_explore import datasets, demo, detection, distributed, label_issues, reports, runs, train
 from moit_explore.validation import BACKEND_CHOICES, BALANCE_CHOICES
 
 __all__ = ["build_parser", "main"]
@@ -219,7 +219,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     args.run_dir_hint = Path(cfg.runs_root).expanduser() / (cfg.name
                                                             or cfg.default_name(cfg.preset))
     path = train.train(cfg)
-    _print_summary(path)
+    if distributed.env_rank() == 0:  # under torchrun, rank 0 wrote the run directory
+        _print_summary(path)
     return 0
 
 
@@ -383,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except distributed.DistributedError as e:  # under torchrun: a rank died or hung
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"interrupted{_interrupt_hint(args, argv)}", file=sys.stderr)
         return 130

@@ -57,6 +57,7 @@ PIPELINE_CHOICES = ("gpu", "reference")
 FEATURE_CHOICES = ("auto", "z", "h")
 AUGMENT_CHOICES = ("auto", "complex", "simple", "none")
 FINETUNE_AUGMENT_CHOICES = ("simple", "none")
+DIST_BN_CHOICES = ("sync", "per-rank")  # moit_explore.distributed.BN_CHOICES
 _DATASETS = ("digits", "fashion-mnist", "fmnist", "fashionmnist", "cifar10", "cifar-10",
              "cifar100", "cifar-100")
 
@@ -153,7 +154,10 @@ class TrainConfig(_Fields):
     detect_features: str = _f("auto", "features searched by the detection: z (projection) or "
                               "h (encoder); auto = z for supcon/icl/moit, h for ce/mixup (their "
                               "projection head is never trained)", FEATURE_CHOICES)
-    detect_backend: str = _f("auto", "kNN backend of the detection", BACKEND_CHOICES)
+    detect_backend: str = _f("auto", "kNN backend of the detection: auto (exact; torch on a "
+                             "GPU, else faiss when installed), torch, faiss, faiss-ivf "
+                             "(approximate, for millions of images; exact below 20,000)",
+                             BACKEND_CHOICES)
     snapshot_epochs: tuple[int, ...] = _f((), "epochs whose embeddings are saved to "
                                           "embeddings/epoch_XXXX.npz (the last is always saved)")
     seed: int = _f(1, "initialisation / data-order seed")
@@ -167,6 +171,12 @@ class TrainConfig(_Fields):
                        "workers, fp32; for speed comparisons)", PIPELINE_CHOICES)
     workers: int = _f(2, "DataLoader workers of the reference pipeline")
     eval_batch_size: int = _f(1024, "batch size of feature extraction and test evaluation")
+    dist_bn: str = _f("sync", "under torchrun (several processes): batch norm statistics of the "
+                      "global batch (sync: the single-process forward pass) or of each "
+                      "process's share (per-rank: fewer collectives, losses differ slightly); "
+                      "batch_size is always the global batch", DIST_BN_CHOICES)
+    dist_timeout: int = _f(600, "under torchrun: seconds a collective waits for the other "
+                           "processes before the job ends with an error (a dead or hung rank)")
     runs_root: str = _f("runs", "folder holding run directories")
     name: str | None = _f(None, "run directory name (default: "
                           "<preset>-<method>-<noise>-<rate>-seed<seed>)")
@@ -267,6 +277,8 @@ class TrainConfig(_Fields):
         check_choice("augment", self.augment, AUGMENT_CHOICES)
         check_choice("amp", self.amp, AMP_CHOICES)
         check_choice("pipeline", self.pipeline, PIPELINE_CHOICES)
+        check_choice("dist_bn", self.dist_bn, DIST_BN_CHOICES)
+        check_int("dist_timeout", self.dist_timeout, 1)
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
         ):

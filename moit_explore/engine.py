@@ -15,6 +15,10 @@ One epoch:
    labels. MOIT+: once, on the final features, with the base run's detection;
 4. test accuracy; one row in metrics.jsonl; snapshots; the final file; an atomic checkpoint.
 
+Under torchrun (``Session.dist``, :mod:`moit_explore.distributed`) the training model shards
+each global batch over the processes, the embedding is sharded and gathered, rank 0 detects
+and broadcasts the clean mask, and only rank 0 writes.
+
 The given labels are fixed for the whole run: every consumer gets a copy, and detection never
 writes corrected labels back (spec §3).
 """
@@ -212,6 +216,12 @@ class Session:
     train_subset: Tensor | None = None
     start_epoch: int = 1
     best_test_acc: float = float("-inf")
+    dist: Any = None  # distributed.Dist under torchrun, else None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run directory (rank 0, or the only process)."""
+        return self.dist is None or self.dist.is_main
 
     def detects(self, epoch: int) -> bool:
         """Whether the detection runs after ``epoch``."""
@@ -305,7 +315,9 @@ def run(s: Session, progress: bool, on_epoch_end: EpochCallback | None = None) -
     cfg = s.cfg
     method = STEPS[s.method]
     snapshots = set(cfg.snapshot_epochs) | {cfg.epochs}
-    bar = tqdm(total=(cfg.epochs - s.start_epoch + 1) * len(s.pipeline), disable=not progress,
+    embed_all = embed if s.dist is None else s.dist.embed
+    bar = tqdm(total=(cfg.epochs - s.start_epoch + 1) * len(s.pipeline),
+               disable=not (progress and s.writes),
                desc=f"{s.method} {s.run_dir.name}", unit="step", dynamic_ncols=True)
     try:
         for epoch in range(s.start_epoch, cfg.epochs + 1):
@@ -318,29 +330,36 @@ def run(s: Session, progress: bool, on_epoch_end: EpochCallback | None = None) -
             terms, n_images = _run_epoch(ctx, s.pipeline, method.step, method.n_views,
                                          method.needs_x0(cfg, epoch), s.optimizer, order, bar)
             s.scheduler.step()
+            if s.dist is not None:
+                s.dist.end_of_epoch(s.model, epoch)
             if s.device.type == "cuda":
                 torch.cuda.synchronize(s.device)
             t_train = time.perf_counter() - t0
 
             # embed the training set (non-augmented, eval mode) and evaluate
             t1 = time.perf_counter()
-            logits, h, z = embed(s.model, s.images, s.normalize, cfg.eval_batch_size, s.amp,
-                                 cfg.channels_last)
+            logits, h, z = embed_all(s.model, s.images, s.normalize, cfg.eval_batch_size, s.amp,
+                                     cfg.channels_last)
             feats = z if s.base_cfg.feature_kind() == "z" else h
-            test_logits, _, _ = embed(s.model, s.test_images, s.normalize, cfg.eval_batch_size,
-                                      s.amp, cfg.channels_last)
+            test_logits, _, _ = embed_all(s.model, s.test_images, s.normalize,
+                                          cfg.eval_batch_size, s.amp, cfg.channels_last)
             test_acc = accuracy(test_logits, s.test_labels)
             t_eval = time.perf_counter() - t1
 
             t2 = time.perf_counter()
-            det = s.detect(feats) if s.detects(epoch) else None
-            if det is not None and s.train_subset is None:
+            # distributed: rank 0 detects once and broadcasts the mask
+            det = s.detect(feats) if s.detects(epoch) and s.writes else None
+            if s.detects(epoch) and s.train_subset is None:
                 # the mask of epoch e is used in epoch e + 1 (spec §3.7)
-                s.clean = torch.from_numpy(np.asarray(det.clean, dtype=bool)).to(s.device)
+                clean = None if det is None else np.asarray(det.clean, dtype=bool)
+                s.clean = torch.from_numpy(clean).to(s.device) if s.dist is None \
+                    else s.dist.broadcast_mask(clean, feats.shape[0])
             t_detect = time.perf_counter() - t2
 
             if math.isfinite(test_acc):
                 s.best_test_acc = max(s.best_test_acc, test_acc)
+            if not s.writes:
+                continue
             row = _metrics_row(s, epoch, lr, terms, logits, test_acc, det)
             row.update(method.phase(cfg, epoch))
             row.update(

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from moit_explore import engine, memory, models, runs
+from moit_explore import distributed, engine, memory, models, runs
 from moit_explore.config import FinetuneConfig, TrainConfig, finetune_preset, finetune_preset_for
 from moit_explore.config import preset as make_preset
 from moit_explore.datasets import load_data
@@ -50,7 +50,7 @@ __all__ = [
 # fields that may change when a run is resumed (they do not change the trajectory, except
 # epochs, which extends a finished run)
 RESUMABLE_FIELDS = ("epochs", "progress", "device", "workers", "eval_batch_size",
-                    "snapshot_epochs", "detect_backend", "compile")
+                    "snapshot_epochs", "detect_backend", "compile", "dist_timeout")
 # the same for a MOIT+ run (FinetuneConfig fields)
 FINETUNE_RESUMABLE_FIELDS = ("epochs", "progress", "device", "eval_batch_size",
                              "snapshot_epochs")
@@ -81,20 +81,19 @@ def train(cfg: TrainConfig | None = None, progress: bool | None = None, *,
     data: ``(DatasetBundle, NoisyLabels)`` to train on instead of loading ``cfg.dataset``
     (benchmarks on synthetic data; such a run cannot be resumed or reloaded by name).
     The configuration is validated before any data is loaded or any epoch runs.
+    Under torchrun the run is data-parallel (:mod:`moit_explore.distributed`); rank 0 creates
+    and writes the run directory.
     """
     cfg = _resolved_paths(_build_config(cfg, preset, overrides).validate())
-    with runs.lock_run_dir(_target_dir(cfg, out_dir)):
-        if out_dir is not None:
-            out = Path(out_dir)
-            run_dir = runs.create_run_dir(out.parent, out.name, overwrite=cfg.overwrite)
-        else:
-            run_dir = runs.create_run_dir(cfg.runs_root,
-                                          cfg.name or cfg.default_name(cfg.preset),
-                                          overwrite=cfg.overwrite)
+    with distributed.process_group(cfg.device, cfg.dist_bn, cfg.dist_timeout) as d, \
+            _run_lock(_target_dir(cfg, out_dir)):
+        run_dir = distributed.on_main(d, lambda: _new_run_dir(cfg, out_dir))
         engine.set_threads()
-        with _removed_if_empty_on_error(run_dir):
-            s = _training_session(cfg, run_dir, data)
-        _write_training_header(s)
+        with _removed_if_empty_on_error(run_dir) if d is None or d.is_main \
+                else contextlib.nullcontext():
+            s = _training_session(cfg, run_dir, data, d)
+        if s.writes:
+            _write_training_header(s)
         return engine.run(s, cfg.progress if progress is None else progress, on_epoch_end)
 
 
@@ -117,8 +116,19 @@ def _target_dir(cfg: TrainConfig, out_dir: str | Path | None) -> Path:
 
 
 def _run_lock(path: Path, action: str = "train in it", create: bool = True) -> Any:
-    """The run directory's OS lock (runs.lock_run_dir), held while a process writes it."""
+    """The run directory's OS lock (runs.lock_run_dir), held by the process that writes it (under
+    torchrun: rank 0)."""
+    if distributed.env_rank() != 0:
+        return contextlib.nullcontext(path)
     return runs.lock_run_dir(path, action, create=create)
+
+
+def _new_run_dir(cfg: TrainConfig, out_dir: str | Path | None) -> Path:
+    if out_dir is not None:
+        out = Path(out_dir)
+        return runs.create_run_dir(out.parent, out.name, overwrite=cfg.overwrite)
+    return runs.create_run_dir(cfg.runs_root, cfg.name or cfg.default_name(cfg.preset),
+                               overwrite=cfg.overwrite)
 
 
 @contextlib.contextmanager
@@ -134,8 +144,9 @@ def _removed_if_empty_on_error(run_dir: Path) -> Iterator[None]:
         raise
 
 
-def _training_session(cfg: TrainConfig, run_dir: Path, data: tuple | None = None) -> Session:
-    device = resolve_device(cfg.device)
+def _training_session(cfg: TrainConfig, run_dir: Path, data: tuple | None = None,
+                      d: distributed.Dist | None = None) -> Session:
+    device = resolve_device(cfg.device) if d is None else d.device
     amp = cfg.amp_dtype(device.type)
     bundle, noisy = load_data(cfg) if data is None else data
     cfg.validate(n_train=len(bundle.train_labels))
@@ -153,9 +164,13 @@ def _training_session(cfg: TrainConfig, run_dir: Path, data: tuple | None = None
                                shortcut=cfg.shortcut).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if d is not None:
+        model = d.prepare_model(model)
     # static shapes: the epoch's smaller last batch gets a graph of its own, instead of turning
     # every batch into a slower dynamic-shape graph
     train_model = torch.compile(model, dynamic=False) if cfg.compile else model
+    if d is not None:  # DDP, each process forwarding its share of the global batch
+        train_model = d.wrap(model, cfg.compile, train_projector=cfg.method in _MEMORY_METHODS)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     mem = None
@@ -175,13 +190,15 @@ def _training_session(cfg: TrainConfig, run_dir: Path, data: tuple | None = None
         pipeline = ReferencePipeline(bundle.train_images, labels_given, aug_name, bundle.mean,
                                      bundle.std, cfg.batch_size, cfg.workers, device,
                                      cfg.channels_last, cfg.crop_padding, cfg.drop_last)
+    if d is not None:
+        d.prepare_pipeline(pipeline, cfg.batch_size)
     return Session(cfg=cfg, base_cfg=cfg, method=cfg.method, run_dir=run_dir, device=device,
                    amp=amp, bundle=bundle, noisy=noisy, model=model, train_model=train_model,
                    optimizer=optimizer,
                    scheduler=engine.lr_schedule(optimizer, cfg.lr_milestones, cfg.lr_gamma),
                    memory=mem, pipeline=pipeline, images=images, test_images=test_images,
                    labels_given=labels_given, labels_true=labels_true, test_labels=test_labels,
-                   normalize=normalize)
+                   normalize=normalize, dist=d)
 
 
 def _write_training_header(s: Session) -> None:
@@ -212,7 +229,8 @@ def resume(run_dir: str | Path, progress: bool | None = None, *,
     run_dir: a training run, or a MOIT+ run (``RUN_DIR/finetune``, config.json's method
     "moit+"). overrides: only ``RESUMABLE_FIELDS`` (MOIT+: ``FINETUNE_RESUMABLE_FIELDS``), e.g.
     ``epochs`` to extend a finished run. Metric rows after the checkpoint's epoch (from an
-    interrupted epoch) are dropped.
+    interrupted epoch) are dropped. Under torchrun a training run resumes data-parallel, with
+    any number of processes (the checkpoint does not depend on it); MOIT+ runs in one process.
     data_root: where the data sets are (None: the stored one, which must lie in the project's
     data folder: runs.trusted_data_root). The run directory is locked while it trains; a
     config.json that differs from the configuration stored in the checkpoint is refused.
@@ -233,6 +251,7 @@ def _resume(run_dir: Path, progress: bool | None, on_epoch_end: EpochCallback | 
                          f"trajectory); resumable fields: {', '.join(allowed)}. Start a new "
                          "run with --name instead")
     if plus:
+        _single_process("resuming MOIT+")
         fcfg = _finetune_config(run.config.get("finetune", {})).replace(**overrides).validate()
         epochs = fcfg.epochs
     else:
@@ -262,15 +281,22 @@ def _resume(run_dir: Path, progress: bool | None, on_epoch_end: EpochCallback | 
                              + runs.command("finetune", base_dir, "--name", run_dir.name,
                                             "--overwrite"))
         s = _finetune_session(base_dir, fcfg, run_dir, setup)
-    else:
-        s = _training_session(cfg, run_dir)
+        return _resume_session(s, state, run, overrides, progress, on_epoch_end)
+    with distributed.process_group(cfg.device, cfg.dist_bn, cfg.dist_timeout) as d:
+        s = _training_session(cfg, run_dir, d=d)
+        return _resume_session(s, state, run, overrides, progress, on_epoch_end)
+
+
+def _resume_session(s: Session, state: dict, run: Any, overrides: dict, progress: bool | None,
+                    on_epoch_end: EpochCallback | None) -> Path:
     engine.restore(s, state)
-    runs.truncate_metrics(run_dir, state["epoch"])
-    if overrides:
-        config = dict(run.config, **overrides)
-        if plus:
-            config["finetune"] = dict(run.config.get("finetune", {}), **overrides)
-        runs.write_json_atomic(run_dir / runs.CONFIG_FILE, config)
+    if s.writes:
+        runs.truncate_metrics(s.run_dir, state["epoch"])
+        if overrides:
+            config = dict(run.config, **overrides)
+            if s.method == MOIT_PLUS:
+                config["finetune"] = dict(run.config.get("finetune", {}), **overrides)
+            runs.write_json_atomic(s.run_dir / runs.CONFIG_FILE, config)
     return engine.run(s, s.cfg.progress if progress is None else progress, on_epoch_end)
 
 
@@ -303,6 +329,12 @@ def _clean_mask(setup: FinetuneSetup) -> np.ndarray:
                     else int(setup.train_indices.max()) + 1, dtype=bool)
     mask[setup.train_indices] = True
     return mask
+
+
+def _single_process(what: str) -> None:
+    if distributed.launched():
+        raise ValueError(f"{what} runs in one process; run it without torchrun (python -m "
+                         "moit_explore ...)")
 
 
 # --------------------------------------------------------------------------- MOIT+
@@ -384,6 +416,7 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     Single view (``fcfg.augment``, spec: "simple"); mixup CE until ``bootstrap_start``, then
     mixup + hard bootstrapping with z_hat = argmax of the model on the non-augmented image.
     """
+    _single_process("MOIT+ fine-tuning")
     run_dir = Path(run_dir)
     if fcfg is None:
         base = runs.load_run(run_dir).config
