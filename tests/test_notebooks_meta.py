@@ -23,6 +23,7 @@ NOTEBOOKS = [
     "03_knn_soft_labels.ipynb",
     "04_detection_quality.ipynb",
     "05_moit_and_moit_plus.ipynb",
+    "06_your_own_data.ipynb",
 ]
 
 
@@ -44,7 +45,7 @@ def _source(cell: dict) -> str:
     return "".join(src) if isinstance(src, list) else src
 
 
-def test_the_five_notebooks_and_nothing_unexpected():
+def test_the_six_notebooks_and_nothing_unexpected():
     present = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
     assert present == NOTEBOOKS, f"expected exactly {NOTEBOOKS}, found {present}"
 
@@ -97,9 +98,65 @@ def test_teaches_and_checks(name):
     assert _source(md[0]).lstrip().startswith("# "), f"{name} starts with a title"
     assert sum(len(_source(c)) for c in md) > 1500, f"{name}: explain more in markdown"
     assert "viz." in code or "widgets." in code, f"{name} shows no figure"
-    assert any(_source(c).lstrip().startswith(("# ", "assert")) and "assert " in _source(c)
-               for c in _code_cells(nb)), f"{name} checks nothing"
+    assert any("assert " in _source(c) for c in _code_cells(nb)), f"{name} checks nothing"
     assert "course." in code, f"{name}: reach training runs and the smoke switch via course"
+
+
+def _takeaway_asserts(code: str) -> list[tuple[str, bool]]:
+    """(takeaway comment, whether an assert follows it) for each ``# takeaway:`` comment: the
+    next statement is an ``assert``, or a ``for`` / ``if`` block whose body asserts."""
+    lines = code.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if not line.strip().startswith("# takeaway:"):
+            continue
+        rest = [t for t in lines[i + 1:] if t.strip() and not t.strip().startswith("#")]
+        ok = bool(rest) and rest[0].strip().startswith("assert ")
+        if rest and rest[0].rstrip().endswith(":") and rest[0].strip().startswith(("for ", "if ")):
+            indent = len(rest[0]) - len(rest[0].lstrip())
+            body = []
+            for t in rest[1:]:
+                if len(t) - len(t.lstrip()) <= indent:
+                    break
+                body.append(t.strip())
+            ok = any(t.startswith("assert ") for t in body)
+        found.append((line.strip(), ok))
+    return found
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_takeaway_comment_sits_on_an_assert(name):
+    """A reader finds the assertion behind each takeaway: a ``# takeaway:`` comment right above
+    an ``assert`` on the numbers (README, "Where each takeaway is checked")."""
+    nb = _load(name)
+    pairs = [p for c in _code_cells(nb) for p in _takeaway_asserts(_source(c))]
+    assert len(pairs) >= 2, f"{name}: mark the assertions behind its takeaways (# takeaway: ...)"
+    for comment, ok in pairs:
+        assert ok, f"{name}: {comment!r} is not followed by an assert"
+    md = [_source(c) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    assert any(m.lstrip().startswith("## Takeaways") for m in md), f"{name}: no Takeaways section"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_ends_with_exercises_and_collapsed_answers(name):
+    last = _source(_load(name)["cells"][-1])
+    assert last.lstrip().startswith("## Exercises"), f"{name}: end with an Exercises section"
+    questions, _, answers = last.partition("<details>")
+    assert answers and "</details>" in answers and "<summary>" in answers, (
+        f"{name}: answers in a collapsed <details> block")
+    items = [line for line in questions.splitlines() if line[:2] in ("1.", "2.", "3.", "4.")]
+    assert 2 <= len(items) <= 3, f"{name}: two or three exercises, found {len(items)}"
+    assert "Predict, then move the widget" in questions, f"{name}: a predict-then-move prompt"
+    # the checkable question: the answers name the notebook's own objects in code
+    assert answers.count("`") >= 4, f"{name}: answers should show how to check them"
+
+
+def test_readme_course_table_lists_every_notebook_and_where_takeaways_are_checked():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    course = readme.split("## The course", 1)[1].split("\n## ", 1)[0]
+    for name in NOTEBOOKS:
+        assert f"`{name.removesuffix('.ipynb')}`" in course, f"README's course table lacks {name}"
+    assert "# takeaway:" in course
 
 
 def _smoke_flag(value: str | None) -> bool:
