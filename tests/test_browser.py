@@ -1,10 +1,16 @@
-"""Drive notebook 03 in JupyterLab with headless Chromium: run it, move the k slider, see it react.
+"""Drive notebooks 03 and 04 in JupyterLab with headless Chromium: run each, move its widget,
+see the numbers and the figure react.
+
+Notebook 03: the k slider moves; the displayed precision and recall and the discrepancy
+histogram image must change. Notebook 04: the threshold slider moves (precision, recall and the
+histogram change), then the criterion menu switches to a balancing rule (the threshold leaves
+the numbers, the slider is disabled, the figure changes).
 
 Run with ``make test-browser`` (``pytest -m browser tests/test_browser.py``). Needs Debian's
 ``chromium`` (``/usr/bin/chromium``, or set ``MOIT_CHROMIUM``) and Python's ``playwright``; it
-never downloads a browser. The kernel runs in smoke mode (``MOIT_SMOKE=1``) so the notebook is fast.
-A screenshot of the panel after the slider moved is saved to ``tests/artifacts/browser_03.png``
-(``browser_03_failure.png`` when the test fails, to see where it stopped).
+never downloads a browser. The kernel runs in smoke mode (``MOIT_SMOKE=1``) so the notebooks are
+fast. Screenshots of each panel after it moved are saved to ``tests/artifacts/browser_03.png``
+and ``browser_04.png`` (``..._failure.png`` when a test fails, to see where it stopped).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "notebooks/03_knn_soft_labels.ipynb"
+NOTEBOOK_04 = "notebooks/04_detection_quality.ipynb"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -157,18 +164,6 @@ def _shutdown(proc: subprocess.Popen, url: str, token: str) -> None:
             continue
 
 
-# Text of the output area holding the slider, without the slider's own label and readout:
-# the metrics the panel displays (HTML widgets, printed text, table cells).
-METRICS_JS = """
-slider => {
-  const area = slider.closest('.jp-OutputArea') || slider.parentElement;
-  const copy = area.cloneNode(true);
-  copy.querySelectorAll('.widget-slider, .widget-readout').forEach(e => e.remove());
-  return copy.innerText.replace(/\\s+/g, ' ').trim();
-}
-"""
-
-
 # True once the current notebook's session is attached to a connected, idle kernel. The toolbar's
 # execution indicator is no substitute: it reads "idle" for a moment before any session exists,
 # and cells run then make JupyterLab start a kernel of its own, replacing (or connecting twice
@@ -242,7 +237,7 @@ def _run_all_cells(page, attempts: int = 5) -> None:
     raise AssertionError(f"Run All Cells did not start the notebook ({attempts} attempts)")
 
 
-def _wait_for_slider(page, slider) -> None:
+def _wait_for_slider(page, slider, what: str = "k slider") -> None:
     """Wait for the slider while the notebook runs; fail at once, saying why, when a cell
     raises, a widget fails to render, or the run ends (no cell queued, kernel idle) without it."""
     panel = page.locator(".jp-NotebookPanel")
@@ -261,14 +256,76 @@ def _wait_for_slider(page, slider) -> None:
         ended = queued.count() == 0 and page.evaluate(KERNEL_READY_JS)
         ended_polls = ended_polls + 1 if ended else 0
         if ended_polls >= 10:
-            raise AssertionError("the notebook stopped running and shows no k slider")
+            raise AssertionError(f"the notebook stopped running and shows no {what}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"no k slider after {NOTEBOOK_RUN_S}s of running the notebook")
+            raise AssertionError(f"no {what} after {NOTEBOOK_RUN_S}s of running the notebook")
         page.wait_for_timeout(500)
 
 
-def drive_k_slider(server: LabServer, notebook: str, screenshot: Path) -> tuple[str, str]:
-    """Open ``notebook``, run all cells, move the k slider; return the metrics text before/after."""
+# The text of a panel's metrics line (the HTML widget with the CSS class moit-metrics) in the
+# widget box that holds ``slider``.
+PANEL_METRICS_JS = """
+slider => {
+  const box = slider.closest('.widget-vbox') || slider.parentElement;
+  const line = box.querySelector('.moit-metrics');
+  return line ? line.innerText.replace(/\\s+/g, ' ').trim() : '';
+}
+"""
+
+
+def _numbers(text: str) -> dict[str, str]:
+    """precision / recall as displayed ("0.812", or "–" where undefined)."""
+    found = dict(re.findall(r"(precision|recall) (\S+)", text))
+    assert {"precision", "recall"} <= set(found), f"no precision / recall in {text!r}"
+    return found
+
+
+@dataclass
+class PanelState:
+    metrics: str
+    image: bytes
+
+
+class Panel:
+    """One panel of a notebook in the page: its slider, metrics line and figure."""
+
+    def __init__(self, page, slider) -> None:
+        self.page, self.slider = page, slider
+        self.box = slider.locator("xpath=ancestor::div[contains(@class, 'widget-vbox')][1]")
+        self.handle = slider.locator(".noUi-handle").first
+        self.image = self.box.locator("img").first
+
+    def state(self) -> PanelState:
+        self.image.scroll_into_view_if_needed()
+        return PanelState(self.slider.evaluate(PANEL_METRICS_JS), self.image.screenshot())
+
+    def wait_until_changed(self, before: PanelState) -> PanelState:
+        """Wait for both the metrics line and the figure to differ from ``before``."""
+        self.page.wait_for_function(f"([s, b]) => ({PANEL_METRICS_JS})(s) !== b",
+                                    arg=[self.slider.element_handle(), before.metrics],
+                                    timeout=WIDGET_REACT_S * 1000)
+        deadline = time.monotonic() + WIDGET_REACT_S
+        while True:
+            self.page.wait_for_timeout(300)  # let the figure finish redrawing
+            now = self.state()
+            if now.image != before.image or time.monotonic() > deadline:
+                return now
+
+    def to_minimum(self) -> None:
+        """Move the slider to its left end with the keyboard, as a user would."""
+        self.handle.focus()
+        self.page.keyboard.press("Home")
+        for _ in range(400):
+            now = self.handle.get_attribute("aria-valuenow")
+            if now is not None and float(now) <= float(self.handle.get_attribute(
+                    "aria-valuemin") or 0):
+                return
+            self.page.keyboard.press("ArrowLeft")
+
+
+@contextmanager
+def browser_page(screenshot: Path) -> Iterator:
+    """A Chromium page; on failure a screenshot of it lands next to ``screenshot``."""
     from playwright.sync_api import sync_playwright
 
     failure_shot = screenshot.with_name(screenshot.stem + "_failure.png")
@@ -280,36 +337,7 @@ def drive_k_slider(server: LabServer, notebook: str, screenshot: Path) -> tuple[
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             try:
-                _open(page, server, notebook)
-                slider = page.locator(".widget-slider").filter(
-                    has=page.locator(".widget-label", has_text=re.compile(r"^\s*k\s*$"))).first
-                _run_all_cells(page)
-                _wait_for_slider(page, slider)
-                slider.scroll_into_view_if_needed()
-                handle = slider.locator(".noUi-handle").first
-                # the panel fills its metrics in once the slider's first value is rendered
-                page.wait_for_function(
-                    f"s => ({METRICS_JS})(s).match(/[0-9]/)", arg=slider.element_handle(),
-                    timeout=WIDGET_REACT_S * 1000)
-                before = slider.evaluate(METRICS_JS)
-                value_before = handle.get_attribute("aria-valuenow")
-                handle.focus()
-                for _ in range(3):
-                    # ArrowRight adds one step; at the maximum go down instead
-                    page.keyboard.press("ArrowRight")
-                if handle.get_attribute("aria-valuenow") == value_before:
-                    for _ in range(6):
-                        page.keyboard.press("ArrowLeft")
-                page.wait_for_function(
-                    f"([s, b]) => ({METRICS_JS})(s) !== b",
-                    arg=[slider.element_handle(), before], timeout=WIDGET_REACT_S * 1000)
-                page.wait_for_timeout(500)  # let figures in the panel finish redrawing
-                after = slider.evaluate(METRICS_JS)
-                assert handle.get_attribute("aria-valuenow") != value_before
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                slider.scroll_into_view_if_needed()
-                page.screenshot(path=str(screenshot), full_page=False)
-                return before, after
+                yield page
             except BaseException:
                 failure_shot.parent.mkdir(parents=True, exist_ok=True)
                 try:
@@ -321,28 +349,121 @@ def drive_k_slider(server: LabServer, notebook: str, screenshot: Path) -> tuple[
             browser.close()
 
 
-def test_notebook_03_k_slider_updates_metrics():
-    pytest.importorskip("playwright")
-    chromium = _chromium()
-    assert chromium
-    notebook = ROOT / NOTEBOOK
-    assert notebook.exists(), f"{NOTEBOOK} is missing"
-    original = notebook.read_bytes()
-    checkpoints = notebook.parent / ".ipynb_checkpoints"
+def _slider(page, label: str):
+    return page.locator(".widget-slider").filter(
+        has=page.locator(".widget-label", has_text=re.compile(rf"^\s*{label}\s*$"))).first
+
+
+def _run_to_panel(page, server: LabServer, notebook: str, label: str) -> Panel:
+    """Open ``notebook``, run all cells, and return the panel whose slider is ``label`` once
+    its metrics are filled in."""
+    _open(page, server, notebook)
+    slider = _slider(page, label)
+    _run_all_cells(page)
+    _wait_for_slider(page, slider, f"{label} slider")
+    slider.scroll_into_view_if_needed()
+    page.wait_for_function(f"s => ({PANEL_METRICS_JS})(s).match(/[0-9]/)",
+                           arg=slider.element_handle(), timeout=WIDGET_REACT_S * 1000)
+    panel = Panel(page, slider)
+    panel.image.wait_for(state="visible", timeout=WIDGET_REACT_S * 1000)
+    return panel
+
+
+def _save(page, panel: Panel, screenshot: Path) -> None:
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    panel.box.scroll_into_view_if_needed()
+    page.screenshot(path=str(screenshot), full_page=False)
+
+
+def drive_k_slider(server: LabServer, notebook: str, screenshot: Path
+                   ) -> tuple[PanelState, PanelState]:
+    """Notebook 03: move the k slider to 1; return the panel before and after."""
+    with browser_page(screenshot) as page:
+        panel = _run_to_panel(page, server, notebook, "k")
+        before = panel.state()
+        value_before = panel.handle.get_attribute("aria-valuenow")
+        panel.to_minimum()
+        assert panel.handle.get_attribute("aria-valuenow") != value_before, "k did not move"
+        after = panel.wait_until_changed(before)
+        _save(page, panel, screenshot)
+        return before, after
+
+
+def drive_threshold_panel(server: LabServer, notebook: str, screenshot: Path
+                          ) -> tuple[PanelState, PanelState, PanelState, bool]:
+    """Notebook 04: move the threshold to 0, then pick the "median" criterion; return the panel
+    before, after the threshold moved, after the criterion changed, and whether the threshold
+    slider is then disabled."""
+    with browser_page(screenshot) as page:
+        panel = _run_to_panel(page, server, notebook, "threshold")
+        before = panel.state()
+        panel.to_minimum()
+        moved = panel.wait_until_changed(before)
+        panel.box.locator("select").first.select_option("median")
+        switched = panel.wait_until_changed(moved)
+        disabled = panel.slider.locator("[disabled]").count() > 0 or bool(
+            panel.slider.locator(".noUi-target").first.get_attribute("disabled") is not None)
+        _save(page, panel, screenshot)
+        return before, moved, switched, disabled
+
+
+@contextmanager
+def _lab_session(notebooks: list[Path]) -> Iterator[LabServer]:
+    """JupyterLab in smoke mode; the committed notebooks are left untouched afterwards."""
+    originals = {nb: nb.read_bytes() for nb in notebooks}
+    checkpoints = notebooks[0].parent / ".ipynb_checkpoints"
     had_checkpoints = checkpoints.exists()
     try:
         # `make` exports MPLBACKEND=agg for headless runs; in the browser figures must show inline
         env = {"MOIT_SMOKE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
         with jupyter_lab(ROOT, env) as server:
-            try:
-                before, after = drive_k_slider(server, NOTEBOOK, ARTIFACTS / "browser_03.png")
-            except Exception as err:
-                raise AssertionError(f"{err}\n--- JupyterLab log ---\n{server.log_tail()}") from err
+            yield server
     finally:
-        # guard: the browser session must leave the committed (output-free) notebook untouched
-        if notebook.read_bytes() != original:
-            notebook.write_bytes(original)
+        # guard: the browser session must leave the committed (output-free) notebooks untouched
+        for nb, original in originals.items():
+            if nb.read_bytes() != original:
+                nb.write_bytes(original)
         if not had_checkpoints:  # JupyterLab makes one when it opens a notebook
             shutil.rmtree(checkpoints, ignore_errors=True)
-    assert before != after, f"the metrics did not change when k moved: {before!r}"
+
+
+def _with_log(server: LabServer, fn, *args):
+    try:
+        return fn(server, *args)
+    except Exception as err:
+        raise AssertionError(f"{err}\n--- JupyterLab log ---\n{server.log_tail()}") from err
+
+
+def _prepare() -> None:
+    pytest.importorskip("playwright")
+    assert _chromium()
+    for nb in (NOTEBOOK, NOTEBOOK_04):
+        assert (ROOT / nb).exists(), f"{nb} is missing"
+
+
+def test_notebook_03_k_slider_updates_metrics_and_histogram():
+    _prepare()
+    with _lab_session([ROOT / NOTEBOOK]) as server:
+        before, after = _with_log(server, drive_k_slider, NOTEBOOK, ARTIFACTS / "browser_03.png")
+    old, new = _numbers(before.metrics), _numbers(after.metrics)
+    assert new["precision"] != old["precision"], (before.metrics, after.metrics)
+    assert new["recall"] != old["recall"], (before.metrics, after.metrics)
+    assert after.metrics.startswith("k 1 "), after.metrics
+    assert after.image != before.image, "the histogram did not change when k moved"
     assert (ARTIFACTS / "browser_03.png").stat().st_size > 10_000
+
+
+def test_notebook_04_threshold_panel_reacts():
+    _prepare()
+    with _lab_session([ROOT / NOTEBOOK_04]) as server:
+        before, moved, switched, disabled = _with_log(
+            server, drive_threshold_panel, NOTEBOOK_04, ARTIFACTS / "browser_04.png")
+    old, new = _numbers(before.metrics), _numbers(moved.metrics)
+    assert new["precision"] != old["precision"] and new["recall"] != old["recall"], (
+        before.metrics, moved.metrics)
+    assert new["recall"] == "1.000", moved.metrics  # threshold 0: every sample flagged
+    assert moved.image != before.image, "the histogram did not change when the threshold moved"
+    assert "threshold" in moved.metrics and "threshold" not in switched.metrics, switched.metrics
+    assert switched.image != moved.image, "the figure did not change with the criterion"
+    assert disabled, "the threshold slider stays enabled under a balancing criterion"
+    assert (ARTIFACTS / "browser_04.png").stat().st_size > 10_000
