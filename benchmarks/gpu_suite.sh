@@ -5,7 +5,7 @@
 #                                           # training issue's target), detection, losses,
 #                                           # augmentation: six steps whose time limits add up
 #                                           # to 520 s, inside a device command's 10 minutes
-#   bash benchmarks/gpu_suite.sh accuracy   # bench_accuracy.py --quick on the fmnist preset
+#   bash benchmarks/gpu_suite.sh accuracy   # bench_accuracy.py: CE, MOIT, MOIT+ at 40% symmetric, fmnist preset, one seed
 #
 # It runs from the repository root without installing the package (PYTHONPATH), on an image
 # that has torch, torchvision, numpy, pandas, scikit-learn, matplotlib, tqdm, Pillow and
@@ -61,7 +61,7 @@ case "$what" in
     step augment 30 "$py" benchmarks/bench_augment.py --device cuda
     ;;
   accuracy)
-    step accuracy 570 "$py" benchmarks/bench_accuracy.py --quick --out "$out/accuracy.md"
+    step accuracy 570 "$py" benchmarks/bench_accuracy.py --seeds 1 --methods ce,moit,moit+ --settings symmetric:0.4 --runs-root runs/gpu-accuracy --log "$out/accuracy.jsonl" --out "$out/accuracy.md"
     ;;
 esac
 exit $status

@@ -575,24 +575,24 @@ def subset(bundle: DatasetBundle, n_train: int | None = None, n_test: int | None
             raise ValueError(f"{what} must be a non-negative integer or None, got {n!r}")
     rng = np.random.default_rng(seed)
     out = replace(bundle)
-    if n_train is not None and n_train < len(bundle.train_labels):
-        idx = _stratified_indices(bundle.train_labels, int(n_train), rng)
-        out.train_images = bundle.train_images[idx]
-        out.train_labels = bundle.train_labels[idx]
-        if bundle.train_coarse is not None:
-            out.train_coarse = bundle.train_coarse[idx]
-        if bundle.given_train_labels is not None:
-            out.given_train_labels = bundle.given_train_labels[idx]
-        if bundle.train_paths is not None:
-            out.train_paths = [bundle.train_paths[i] for i in idx]
-        if len(idx):
-            out.mean, out.std = channel_stats(out.train_images)
-    if n_test is not None and n_test < len(bundle.test_labels):
-        idx = _stratified_indices(bundle.test_labels, int(n_test), rng)
-        out.test_images = bundle.test_images[idx]
-        out.test_labels = bundle.test_labels[idx]
-        if bundle.test_coarse is not None:
-            out.test_coarse = bundle.test_coarse[idx]
+    # what follows each split's images when it is subset (train first: the rng's order)
+    follows = {"train": ("train_labels", "train_coarse", "given_train_labels", "train_paths"),
+               "test": ("test_labels", "test_coarse")}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = getattr(bundle, f"{split}_labels")
+        if n is None or n >= len(labels):
+            continue
+        idx = _stratified_indices(labels, int(n), rng)
+        out_images = getattr(bundle, f"{split}_images")[idx]
+        setattr(out, f"{split}_images", out_images)
+        for attr in follows[split]:
+            value = getattr(bundle, attr)
+            if isinstance(value, list):
+                setattr(out, attr, [value[i] for i in idx])
+            elif value is not None:
+                setattr(out, attr, value[idx])
+        if split == "train" and len(idx):
+            out.mean, out.std = channel_stats(out_images)
     return out
 
 

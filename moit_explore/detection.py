@@ -228,16 +228,33 @@ def _knn_faiss(
     q = x if queries is None else _normalized_copy(queries, faiss)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
+    return _search_index(index, q, k, queries is None, chunk_size, progress, "kNN (faiss)")
+
+
+def _search_index(index: Any, q: np.ndarray, k: int, self_query: bool, chunk_size: int | None,
+                  progress: bool, desc: str, n_lists: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Query a filled faiss index in chunks: (indices (Q, k) int64, similarities (Q, k)).
+
+    self_query: the queries are the indexed rows themselves; each row's own index is dropped.
+    n_lists: an IVF index's list count; rows for which the probed lists held fewer than k (+1)
+    vectors (faiss pads them with -1) are searched again over every list.
+    """
     # faiss batches internally; chunking the queries only bounds the output and feeds progress
     chunk_size = chunk_size or 16384
-    extra = 1 if queries is None else 0
+    extra = 1 if self_query else 0
     n_q = q.shape[0]
     out_i = np.empty((n_q, k), dtype=np.int64)
     out_s = np.empty((n_q, k), dtype=np.float32)
-    with _progress(n_q, progress, "kNN (faiss)") as bar:
+    with _progress(n_q, progress, desc) as bar:
         for lo in range(0, n_q, chunk_size):
             hi = min(n_q, lo + chunk_size)
             sims, inds = index.search(q[lo:hi], k + extra)
+            short = np.flatnonzero((inds < 0).any(axis=1)) if n_lists else ()
+            if len(short):  # too few candidates in the probed lists: search every list
+                probe, index.nprobe = index.nprobe, n_lists
+                sims[short], inds[short] = index.search(q[lo:hi][short], k + extra)
+                index.nprobe = probe
             inds = inds.astype(np.int64, copy=False)
             if extra:
                 s, i = _drop_self(torch.from_numpy(sims), torch.from_numpy(inds),
@@ -295,28 +312,8 @@ def _knn_faiss_ivf(
     del sample
     index.add(x)
     index.nprobe = min(nlist, nprobe or default_probe)
-    chunk_size = chunk_size or 16384
-    extra = 1 if queries is None else 0
-    n_q = q.shape[0]
-    out_i = np.empty((n_q, k), dtype=np.int64)
-    out_s = np.empty((n_q, k), dtype=np.float32)
-    with _progress(n_q, progress, "kNN (faiss-ivf)") as bar:
-        for lo in range(0, n_q, chunk_size):
-            hi = min(n_q, lo + chunk_size)
-            sims, inds = index.search(q[lo:hi], k + extra)
-            short = np.flatnonzero((inds < 0).any(axis=1))
-            if short.size:  # too few candidates in the probed lists: search every list
-                probe, index.nprobe = index.nprobe, nlist
-                sims[short], inds[short] = index.search(q[lo:hi][short], k + extra)
-                index.nprobe = probe
-            inds = inds.astype(np.int64, copy=False)
-            if extra:
-                s, i = _drop_self(torch.from_numpy(sims), torch.from_numpy(inds),
-                                  torch.arange(lo, hi))
-                sims, inds = s.numpy(), i.numpy()
-            out_s[lo:hi], out_i[lo:hi] = sims, inds
-            bar.update(hi - lo)
-    return out_i, out_s
+    return _search_index(index, q, k, queries is None, chunk_size, progress, "kNN (faiss-ivf)",
+                         n_lists=nlist)
 
 
 def _resolve_backend(backend: str, x: np.ndarray | torch.Tensor) -> str:
