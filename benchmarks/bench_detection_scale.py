@@ -89,7 +89,7 @@ def main() -> None:
           f"peak RSS {peak_gib():.2f} GiB")
 
     t = time.perf_counter()
-    idx, sims = det._knn_faiss_ivf(x, k, None, nprobe=nprobe)
+    idx, sims = det._knn_faiss(x, k, None, ivf=True, nprobe=nprobe)
     t_search = time.perf_counter() - t
     t = time.perf_counter()
     ivf = det.detect_from_neighbors(det.Neighbors(idx, sims), given, c, k)

@@ -222,13 +222,39 @@ def _knn_faiss(
     chunk_size: int | None,
     progress: bool = False,
     queries: np.ndarray | None = None,
+    *,
+    ivf: bool = False,
+    nprobe: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine kNN with faiss on L2-normalised rows: exact (IndexFlatIP), or with ``ivf`` the
+    approximate IndexIVFFlat of :func:`ivf_settings` (exact below IVF_MIN_SAMPLES); the same
+    results layout either way.
+
+    IVF: a query's own vector is always found (it sits in the list of its nearest centroid,
+    which is probed first) unless exact duplicates crowd it out; then, as in the exact search,
+    the last result is dropped. Rows for which the probed lists held fewer than k (+1) vectors
+    (faiss pads them with -1) are searched again over every list.
+    """
     faiss = _faiss()
     x = _normalized_copy(x, faiss)
     q = x if queries is None else _normalized_copy(queries, faiss)
-    index = faiss.IndexFlatIP(x.shape[1])
+    n, d = x.shape
+    if not ivf or n < IVF_MIN_SAMPLES:
+        index = faiss.IndexFlatIP(d)
+        index.add(x)
+        return _search_index(index, q, k, queries is None, chunk_size, progress, "kNN (faiss)")
+    nlist, default_probe, n_train = ivf_settings(n)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = x
+    if n_train < n:
+        rows = np.sort(np.random.default_rng(0).choice(n, n_train, replace=False))
+        sample = x[rows]
+    index.train(sample)
+    del sample
     index.add(x)
-    return _search_index(index, q, k, queries is None, chunk_size, progress, "kNN (faiss)")
+    index.nprobe = min(nlist, nprobe or default_probe)
+    return _search_index(index, q, k, queries is None, chunk_size, progress, "kNN (faiss-ivf)",
+                         n_lists=nlist)
 
 
 def _search_index(index: Any, q: np.ndarray, k: int, self_query: bool, chunk_size: int | None,
@@ -279,43 +305,6 @@ def ivf_settings(n: int) -> tuple[int, int, int]:
     return nlist, min(IVF_NPROBE, nlist), n_train
 
 
-def _knn_faiss_ivf(
-    x: np.ndarray,
-    k: int,
-    chunk_size: int | None,
-    progress: bool = False,
-    queries: np.ndarray | None = None,
-    nprobe: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate cosine kNN with faiss IndexIVFFlat (inner product of L2-normalised rows);
-    exact (:func:`_knn_faiss`) below IVF_MIN_SAMPLES. Same results layout as the exact search.
-
-    A query's own vector is always found (it sits in the list of its nearest centroid, which is
-    probed first) unless exact duplicates crowd it out; then, as in the exact search, the last
-    result is dropped. Rows for which the probed lists held fewer than k (+1) vectors (faiss
-    pads them with -1) are searched again over every list.
-    """
-    n, d = x.shape
-    if n < IVF_MIN_SAMPLES:
-        return _knn_faiss(x, k, chunk_size, progress, queries)
-    faiss = _faiss()
-    x = _normalized_copy(x, faiss)
-    q = x if queries is None else _normalized_copy(queries, faiss)
-    nlist, default_probe, n_train = ivf_settings(n)
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = x
-    if n_train < n:
-        rows = np.sort(np.random.default_rng(0).choice(n, n_train, replace=False))
-        sample = x[rows]
-    index.train(sample)
-    del sample
-    index.add(x)
-    index.nprobe = min(nlist, nprobe or default_probe)
-    return _search_index(index, q, k, queries is None, chunk_size, progress, "kNN (faiss-ivf)",
-                         n_lists=nlist)
-
-
 def _resolve_backend(backend: str, x: np.ndarray | torch.Tensor) -> str:
     if backend != "auto":
         return backend
@@ -345,8 +334,8 @@ def _knn(
     resolved = _resolve_backend(backend, x)
     if resolved in ("faiss", "faiss-ivf"):
         q = None if queries is None else _as_numpy(queries)
-        search = _knn_faiss if resolved == "faiss" else _knn_faiss_ivf
-        idx, sims = search(_as_numpy(x), k, chunk_size, progress, q)
+        idx, sims = _knn_faiss(_as_numpy(x), k, chunk_size, progress, q,
+                               ivf=resolved == "faiss-ivf")
         return torch.from_numpy(idx), torch.from_numpy(sims)
     q = None if queries is None else _as_tensor(queries)
     return _knn_torch(_as_tensor(x), k, chunk_size, progress, q)
