@@ -22,7 +22,7 @@ help:
 	@echo "make lab           JupyterLab on notebooks/"
 	@echo "make test-browser  drive notebook 03 in headless Chromium (needs Debian's chromium)"
 	@echo "make lint          ruff"
-	@echo "make bench         benchmarks/ scripts (print figures)"
+	@echo "make bench         benchmarks/ scripts (print figures; long on a CPU: bench_accuracy trains 45 runs)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
