@@ -182,10 +182,7 @@ def _progress(total: int, enabled: bool, desc: str):
 
 @torch.inference_mode()
 def _knn_torch(
-    x: torch.Tensor,
-    k: int,
-    chunk_size: int | None,
-    progress: bool = False,
+    x: torch.Tensor, k: int, chunk_size: int | None, progress: bool = False,
     queries: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact cosine kNN on ``x``'s device: indices int64 (Q, k), sims float32 (Q, k) of the
@@ -217,14 +214,8 @@ def _normalized_copy(x: np.ndarray, faiss: Any) -> np.ndarray:
 
 
 def _knn_faiss(
-    x: np.ndarray,
-    k: int,
-    chunk_size: int | None,
-    progress: bool = False,
-    queries: np.ndarray | None = None,
-    *,
-    ivf: bool = False,
-    nprobe: int | None = None,
+    x: np.ndarray, k: int, chunk_size: int | None, progress: bool = False,
+    queries: np.ndarray | None = None, *, ivf: bool = False, nprobe: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine kNN with faiss on L2-normalised rows: exact (IndexFlatIP), or with ``ivf`` the
     approximate IndexIVFFlat of :func:`ivf_settings` (exact below IVF_MIN_SAMPLES); the same
@@ -643,10 +634,7 @@ def _checked_detection_args(
 
 
 def detect_from_neighbors(
-    neighbors: Neighbors,
-    labels: Any,
-    num_classes: int,
-    k: int | None = None,
+    neighbors: Neighbors, labels: Any, num_classes: int, k: int | None = None,
     balance: str = "median",
     *,
     weighting: str = "none",
@@ -666,10 +654,7 @@ def detect_from_neighbors(
 
 
 def detect_noise(
-    features: Any,
-    labels: Any,
-    num_classes: int,
-    *,
+    features: Any, labels: Any, num_classes: int, *,
     k: int | None = None,
     balance: str = "median",
     backend: str = "auto",

@@ -605,11 +605,7 @@ def plot_flagged_images(
 
 
 def plot_neighbors(
-    images: Any,
-    index: int,
-    neighbor_indices: Any,
-    labels: Any,
-    *,
+    images: Any, index: int, neighbor_indices: Any, labels: Any, *,
     classes: Sequence[str] | None = None,
     true_labels: Any = None,
     ncols: int = 8,

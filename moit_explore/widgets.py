@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,7 +102,7 @@ def metrics_html(metrics: dict[str, Any]) -> str:
 
 
 @contextmanager
-def _torch_threads(n: int | None):
+def _torch_threads(n: int | None) -> Iterator[None]:
     """Run torch ops with ``n`` intra-op threads, then restore.
 
     WHY: detection's small per-k ops (sorts, bincounts on 60k rows) run several times slower
@@ -128,33 +128,49 @@ def _groups(clean: np.ndarray, is_noisy: np.ndarray | None) -> tuple[np.ndarray,
 
 
 class _Panel:
-    """Shared UI plumbing: widget() builds once, the panel displays as its widget."""
+    """Shared UI plumbing: widget() builds once, the panel displays as its widget.
+
+    ``controls`` maps each ``update()`` parameter to the ipywidget that sets it (empty until
+    the UI is built); moving a control calls ``update`` with every control's value.
+    """
 
     _ui: Any = None
     _syncing: bool = False
+    _controls: dict[str, Any] | None = None
 
-    def _assemble(self, controls: list[Any], read: Callable[[], dict[str, Any]]) -> Any:
-        """The UI: the controls, the metrics line (``self._html``) and the figure
-        (``self._image``). A control moved by the user calls ``update(**read())``."""
+    @property
+    def controls(self) -> dict[str, Any]:
+        """Each update() parameter -> the ipywidget that sets it (empty before widget())."""
+        return dict(self._controls or {})
+
+    def _assemble(self, **controls: Any) -> Any:
+        """The UI: ``controls`` (keyword = the update() parameter the widget sets, in display
+        order), the metrics line (``self._html``) and the figure (``self._image``)."""
         w = _ipw()
+        self._controls = controls
         self._html = w.HTML()
         self._html.add_class(METRICS_CSS_CLASS)
         self._image = _image_widget(w)
 
         def on_change(_change: Any) -> None:
             if not self._syncing:
-                self.update(**read())
+                self.update(**self._read_controls())
 
-        for control in controls:
+        for control in controls.values():
             control.observe(on_change, names="value")
-        return w.VBox([w.HBox(controls), self._html, self._image])
+        return w.VBox([w.HBox(list(controls.values())), self._html, self._image])
 
-    @contextmanager
-    def _moving_controls(self) -> Iterator[None]:
-        """While the panel sets its own controls, their change events do not call update."""
+    def _read_controls(self) -> dict[str, Any]:
+        """The update() arguments the controls hold now."""
+        return {name: control.value for name, control in self.controls.items()}
+
+    def _sync_controls(self, **values: Any) -> None:
+        """Show the panel's state on its controls: each control gets ``values[name]``, else the
+        attribute of its name. Their change events do not call update meanwhile."""
         self._syncing = True
         try:
-            yield
+            for name, control in self.controls.items():
+                control.value = values[name] if name in values else getattr(self, name)
         finally:
             self._syncing = False
 
@@ -273,17 +289,14 @@ class KSliderPanel(_Panel):
     # -- UI
     def _build(self) -> Any:
         w = _ipw()
-        self._slider = w.IntSlider(value=self.k, min=1, max=self.k_max, step=1, description="k",
-                                   continuous_update=False)
-        self._balance = w.Dropdown(options=list(BALANCE_CHOICES), value=self.balance,
-                                   description="balance")
-        return self._assemble([self._slider, self._balance], lambda: {
-            "k": int(self._slider.value), "balance": str(self._balance.value)})
+        return self._assemble(
+            k=w.IntSlider(value=self.k, min=1, max=self.k_max, step=1, description="k",
+                          continuous_update=False),
+            balance=w.Dropdown(options=list(BALANCE_CHOICES), value=self.balance,
+                               description="balance"))
 
     def _redraw(self) -> None:
-        with self._moving_controls():
-            self._slider.value = self.k
-            self._balance.value = self.balance
+        self._sync_controls()
         self._html.value = metrics_html(self.last)
         if getattr(self, "_fig", None) is None:
             self._fig = _figure(5.5, 2.6)  # one figure for the panel's life, redrawn per k
@@ -394,19 +407,17 @@ class ThresholdPanel(_Panel):
     def _build(self) -> Any:
         w = _ipw()
         top = float(self.edges[-1])
-        self._slider = w.FloatSlider(value=min(self.threshold, top), min=0.0, max=top,
-                                     step=top / 200, description="threshold",
-                                     continuous_update=False, readout_format=".3f")
-        self._criterion = w.Dropdown(options=list(self.criteria), value=self.criterion,
-                                     description="criterion")
-        return self._assemble([self._criterion, self._slider], lambda: {
-            "threshold": float(self._slider.value), "criterion": str(self._criterion.value)})
+        return self._assemble(
+            criterion=w.Dropdown(options=list(self.criteria), value=self.criterion,
+                                 description="criterion"),
+            threshold=w.FloatSlider(value=min(self.threshold, top), min=0.0, max=top,
+                                    step=top / 200, description="threshold",
+                                    continuous_update=False, readout_format=".3f"))
 
     def _redraw(self) -> None:
-        with self._moving_controls():
-            self._slider.value = min(self.threshold, self._slider.max)
-            self._slider.disabled = self.criterion != "threshold"
-            self._criterion.value = self.criterion
+        slider = self.controls["threshold"]
+        self._sync_controls(threshold=min(self.threshold, slider.max))
+        slider.disabled = self.criterion != "threshold"
         shown = dict(self.last)
         if self.criterion != "threshold":
             shown.pop("threshold", None)
@@ -492,15 +503,21 @@ class SuspiciousImagesPanel(_Panel):
 
     def _build(self) -> Any:
         w = _ipw()
+        # -1 stands for "all classes" (update's cls=None): a Dropdown value of None would
+        # mean "nothing selected"
         options = [("all classes", -1)] + [(name, i) for i, name in enumerate(self.classes)]
-        self._select = w.Dropdown(options=options, value=-1 if self.cls is None else self.cls,
-                                  description="class")
-        return self._assemble([self._select], lambda: {
-            "cls": None if int(self._select.value) < 0 else int(self._select.value)})
+        return self._assemble(cls=w.Dropdown(options=options, value=self._cls_option(),
+                                             description="class"))
+
+    def _cls_option(self) -> int:
+        return -1 if self.cls is None else self.cls
+
+    def _read_controls(self) -> dict[str, Any]:
+        cls = int(self.controls["cls"].value)
+        return {"cls": None if cls < 0 else cls}
 
     def _redraw(self) -> None:
-        with self._moving_controls():
-            self._select.value = -1 if self.cls is None else self.cls
+        self._sync_controls(cls=self._cls_option())
         idx = self.indices
         text = f"{len(idx)} most suspicious"
         if self.true_labels is not None and len(idx):
@@ -640,13 +657,11 @@ class EpochPanel(_Panel):
 
     def _build(self) -> Any:
         w = _ipw()
-        self._slider = w.SelectionSlider(options=self.epochs, value=self.epoch,
-                                         description="epoch", continuous_update=False)
-        return self._assemble([self._slider], lambda: {"epoch": int(self._slider.value)})
+        return self._assemble(epoch=w.SelectionSlider(
+            options=self.epochs, value=self.epoch, description="epoch", continuous_update=False))
 
     def _redraw(self) -> None:
-        with self._moving_controls():
-            self._slider.value = self.epoch
+        self._sync_controls()
         lines = [metrics_html({k: v for k, v in self.last.items() if k != "compare"})]
         if "compare" in self.last:
             lines.append("compare: " + metrics_html(self.last["compare"]))
@@ -731,17 +746,13 @@ class NoisePanel(_Panel):
 
     def _build(self) -> Any:
         w = _ipw()
-        self._kind = w.Dropdown(options=list(self.kinds), value=self.kind, description="kind")
-        self._slider = w.FloatSlider(value=self.rate, min=0.0, max=0.9, step=0.05,
-                                     description="rate", continuous_update=False,
-                                     readout_format=".2f")
-        return self._assemble([self._kind, self._slider], lambda: {
-            "rate": float(self._slider.value), "kind": str(self._kind.value)})
+        return self._assemble(
+            kind=w.Dropdown(options=list(self.kinds), value=self.kind, description="kind"),
+            rate=w.FloatSlider(value=self.rate, min=0.0, max=0.9, step=0.05, description="rate",
+                               continuous_update=False, readout_format=".2f"))
 
     def _redraw(self) -> None:
-        with self._moving_controls():
-            self._kind.value = self.kind
-            self._slider.value = self.rate
+        self._sync_controls()
         self._html.value = metrics_html(self.last)
         fig = _figure(5.2, 4.4)
         viz.plot_transition_matrix(self.noisy.transition, self.classes, ax=fig.add_subplot(),

@@ -85,18 +85,19 @@ def test_k_slider_widget_reacts(setup):
     panel = widgets.KSliderPanel(nb, nz.noisy, 10, is_noisy=nz.is_noisy, k=10)
     ui = panel.widget()
     assert panel.widget() is ui
-    assert panel._slider.description == "k" and panel._slider.max == K_MAX
+    assert list(panel.controls) == ["k", "balance"]
+    assert panel.controls["k"].description == "k" and panel.controls["k"].max == K_MAX
     assert widgets.METRICS_CSS_CLASS in panel._html._dom_classes
     before = _text(panel._html.value)
     assert re.search(r"precision 0\.\d{3} · recall 0\.\d{3} · F1 0\.\d{3}", before)
     assert f"selected {panel.last['n_selected']:,}" in before
     assert panel._image.value[:4] == b"\x89PNG"
-    panel._slider.value = 40  # what a browser does when the slider moves
+    panel.controls["k"].value = 40  # what a browser does when the slider moves
     assert panel.k == 40
     after = _text(panel._html.value)
     assert after != before and after.startswith("k 40")
     panel.update(5)  # and the other way round: update() moves the slider
-    assert panel._slider.value == 5
+    assert panel.controls["k"].value == 5
     bundle = panel._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
 
@@ -159,7 +160,7 @@ def test_threshold_panel_short_form_and_widget(setup):
         widgets.ThresholdPanel(det, is_noisy=nz.is_noisy)
     pytest.importorskip("ipywidgets")
     panel.widget()
-    panel._slider.value = 0.5
+    panel.controls["threshold"].value = 0.5
     assert panel.threshold == 0.5
     assert f"selected {np.sum(det.discrepancy <= 0.5):,}" in _text(panel._html.value)
 
@@ -195,7 +196,7 @@ def test_suspicious_images_most_suspicious_of_a_class(setup, digits):
         panel.update(10)
     pytest.importorskip("ipywidgets")
     other.widget()
-    other._select.value = 5
+    other.controls["cls"].value = 5
     assert other.cls == 5 and "truly mislabelled" in other._html.value
 
 
@@ -235,7 +236,7 @@ def test_epoch_panel_metrics_and_compare(tmp_path, setup):
         panel.update(2)
     pytest.importorskip("ipywidgets")
     panel.widget()
-    panel._slider.value = 1
+    panel.controls["epoch"].value = 1
     assert panel.epoch == 1 and "kNN acc (true)" in panel._html.value
 
 
@@ -286,7 +287,7 @@ def test_epoch_panel_draws_the_knn_curve_of_every_snapshot(tmp_path, setup):
     pytest.importorskip("ipywidgets")
     panel.widget()
     before = panel._image.value
-    panel._slider.value = 2
+    panel.controls["epoch"].value = 2
     assert panel._image.value != before and panel.epoch == 2
 
 
@@ -320,5 +321,5 @@ def test_noise_panel_matches_inject_noise(setup):
     panel.widget()
     before = _text(panel._html.value)
     assert "realised rate" in before and "asymmetric" in before
-    panel._slider.value = 0.6
+    panel.controls["rate"].value = 0.6
     assert panel.rate == pytest.approx(0.6) and _text(panel._html.value) != before
