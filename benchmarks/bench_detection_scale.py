@@ -115,7 +115,7 @@ def main() -> None:
         return
     del idx, sims
     t = time.perf_counter()
-    ex = det.detect_noise(x, given, c, k=k, backend="faiss")
+    ex = det.detect_noise(x, given, c, k=k, backend="faiss", progress=True)
     t_full = time.perf_counter() - t
     me = det.detection_metrics(ex.clean, noisy)
     print(f"exact (faiss flat): search + two passes {t_full:.1f} s; F1 vs true noise "

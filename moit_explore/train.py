@@ -270,18 +270,20 @@ def _resume(run_dir: Path, progress: bool | None, on_epoch_end: EpochCallback | 
     engine.set_threads()
     if plus:
         base_dir = run_dir.parent  # a MOIT+ run lives in a folder of its base run
-        setup = prepare_finetune(base_dir, fcfg, data_root=data_root,
-                                 hint=("train", "--resume", run_dir))
-        trained_on = state.get("clean")
-        if trained_on is None or not torch.equal(trained_on.bool(),
-                                                 torch.from_numpy(_clean_mask(setup))):
-            raise ValueError(f"the clean samples of {base_dir}'s last detection are not those "
-                             f"{run_dir} was fine-tuned on (was the base run trained further?); "
-                             "start MOIT+ again: "
-                             + runs.command("finetune", base_dir, "--name", run_dir.name,
-                                            "--overwrite"))
-        s = _finetune_session(base_dir, fcfg, run_dir, setup)
-        return _resume_session(s, state, run, overrides, progress, on_epoch_end)
+        # the base run stays locked, as in finetune(): its checkpoint is read here
+        with runs.lock_run_dir(base_dir, "resume a fine-tune of it", create=False):
+            setup = prepare_finetune(base_dir, fcfg, data_root=data_root,
+                                     hint=("train", "--resume", run_dir))
+            trained_on = state.get("clean")
+            if trained_on is None or not torch.equal(trained_on.bool(),
+                                                     torch.from_numpy(_clean_mask(setup))):
+                raise ValueError(f"the clean samples of {base_dir}'s last detection are not "
+                                 f"those {run_dir} was fine-tuned on (was the base run trained "
+                                 "further?); start MOIT+ again: "
+                                 + runs.command("finetune", base_dir, "--name", run_dir.name,
+                                                "--overwrite"))
+            s = _finetune_session(base_dir, fcfg, run_dir, setup)
+            return _resume_session(s, state, run, overrides, progress, on_epoch_end)
     with distributed.process_group(cfg.device, cfg.dist_bn, cfg.dist_timeout) as d:
         s = _training_session(cfg, run_dir, d=d)
         return _resume_session(s, state, run, overrides, progress, on_epoch_end)
@@ -425,9 +427,12 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     elif overrides:
         fcfg = fcfg.replace(**overrides)
     fcfg.validate()
-    setup = prepare_finetune(run_dir, fcfg, data_root=data_root)
-    with runs.lock_run_dir(runs.run_dir_path(run_dir, fcfg.name), "fine-tune into it"):
-        return _finetune_locked(run_dir, fcfg, setup, progress, on_epoch_end)
+    # the base run is locked too: a `train --resume` of it must not rewrite the checkpoint
+    # and detection this fine-tune reads
+    with runs.lock_run_dir(run_dir, "fine-tune from it", create=False):
+        setup = prepare_finetune(run_dir, fcfg, data_root=data_root)  # checks before writing
+        with runs.lock_run_dir(runs.run_dir_path(run_dir, fcfg.name), "fine-tune into it"):
+            return _finetune_locked(run_dir, fcfg, setup, progress, on_epoch_end)
 
 
 def _finetune_locked(run_dir: Path, fcfg: FinetuneConfig, setup: FinetuneSetup,

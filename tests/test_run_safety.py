@@ -103,6 +103,24 @@ def test_a_run_dir_in_use_cannot_be_trained_or_resumed_twice(capsys, run_copy):
     assert runs.load_run(run_copy).metrics["epoch"].tolist() == [1, 2, 3]
 
 
+def test_finetune_locks_the_run_it_reads(capsys, run_copy):
+    before = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
+    with runs.lock_run_dir(run_copy):  # e.g. a `train --resume` of the base run
+        rc, _, err = run_cli(capsys, "finetune", run_copy, "--epochs", "1")
+        assert rc == 2 and "in use" in err and str(run_copy) in err
+    assert not (run_copy / "finetune").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()} == before
+    rc, _, err = run_cli(capsys, "finetune", run_copy, "--epochs", "1")
+    assert rc == 0, err
+    assert len(runs.load_run(run_copy / "finetune").metrics) == 1
+    with runs.lock_run_dir(run_copy):  # resuming the fine-tune reads the base run too
+        rc, _, err = run_cli(capsys, "train", "--resume", run_copy / "finetune", "--epochs", "2")
+        assert rc == 2 and "in use" in err and str(run_copy) in err
+    rc, _, err = run_cli(capsys, "train", "--resume", run_copy / "finetune", "--epochs", "2")
+    assert rc == 0, err
+    assert runs.load_run(run_copy / "finetune").metrics["epoch"].tolist() == [1, 2]
+
+
 def test_the_lock_is_held_across_processes_and_released_when_one_dies(tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
