@@ -49,9 +49,11 @@ SMOKE: bool = os.environ.get("MOIT_SMOKE") == "1"
 # that is already cached under runs/course/ is reused, so a second pass takes seconds.
 _EXPECTED = {
     "digits": "about 10-60 s with an empty run cache, seconds once the runs are cached",
-    # each cpu-demo run took 100-120 s on a 2-core CPU in `make demo`; notebooks train 1-6
-    "cpu-demo": "about 2 min per training run on a 2-core laptop CPU (up to 6 runs, so 2-12 "
-                "min) with an empty run cache, under a minute once runs/course/ holds them",
+    # each cpu-demo run took 100-160 s on a 2-core CPU (`make demo`, and the notebooks' full
+    # mode: notebook 2 trains 6 runs in 16 min); notebooks train 0-6 runs
+    "cpu-demo": "about 2-3 min per training run on a 2-core laptop CPU (notebook 2 trains 6, "
+                "about 16 min) with an empty run cache, under a minute once runs/course/ holds "
+                "them",
 }
 
 

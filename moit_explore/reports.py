@@ -221,6 +221,12 @@ class Memorisation:
         return self.train_acc_given > self.clean_share
 
     @property
+    def min_wrong_fitted(self) -> float:
+        """A lower bound on the share of training images predicted as their WRONG given label:
+        train_acc_given - clean_share (0 when the method does not memorise)."""
+        return max(0.0, self.train_acc_given - self.clean_share)
+
+    @property
     def test_drop(self) -> float:
         """How much test accuracy the last epoch lost against the best one."""
         return self.test_acc_best - self.test_acc_last

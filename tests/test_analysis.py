@@ -16,7 +16,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.decomposition import PCA
 
-from moit_explore import analysis, detection, noise, projection, runs, validation
+from moit_explore import analysis, detection, noise, projection, reports, runs, validation
 
 # --------------------------------------------------------------------------- helpers
 
@@ -454,3 +454,15 @@ def test_continued_metrics_puts_moit_plus_after_its_base_run(tmp_path, monkeypat
     (tmp_path / plus / "metrics.jsonl").write_text("")
     empty = analysis.continued_metrics({"MOIT": tmp_path / moit, "MOIT+": tmp_path / plus})
     assert len(empty["MOIT+"]) == 0
+
+
+def test_memorisation_verdict_and_its_lower_bound():
+    row = {"train_acc_given_last": 0.909, "noise_rate": 0.4, "test_acc_last": 0.668,
+           "test_acc_best": 0.785}
+    v = reports.memorisation(row)
+    assert v.memorises and v.min_wrong_fitted == pytest.approx(0.309)
+    assert v.test_drop == pytest.approx(0.117)
+    v = reports.memorisation(dict(row, train_acc_given_last=0.582))
+    assert not v.memorises and v.min_wrong_fitted == 0.0
+    with pytest.raises(ValueError, match="noise_rate"):
+        reports.memorisation({k: x for k, x in row.items() if k != "noise_rate"})
