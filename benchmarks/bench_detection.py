@@ -19,12 +19,12 @@ import torch
 
 from moit_explore.detection import (
     Neighbors,
-    _faiss_available,
     detect_from_neighbors,
     detect_noise,
     detection_metrics,
     knn_search,
 )
+from moit_explore.neighbors import faiss_available
 
 
 def clustered(n: int, num_classes: int, dim: int = 128, seed: int = 0):
@@ -67,7 +67,7 @@ def bench_detect(args) -> None:
         for c in args.classes:
             x, true, given = clustered(n, c)
             for backend, device in devices:
-                if backend == "faiss" and not _faiss_available():
+                if backend == "faiss" and not faiss_available():
                     print(f"{n:>8} {c:>4} {backend:>8} {device:>6}  skipped (faiss not installed)")
                     continue
                 if device == "cpu" and args.max_cpu_size and n > args.max_cpu_size:

@@ -32,9 +32,11 @@ import platform
 import resource
 import time
 
+import faiss
 import numpy as np
 
 from moit_explore import detection as det
+from moit_explore.neighbors import IVF_NPROBE, ivf_settings, knn_search
 
 
 def clustered(n: int, dim: int = 128, n_clusters: int = 500, num_classes: int = 10,
@@ -72,15 +74,15 @@ def main() -> None:
     p.add_argument("--d", type=int, default=128)
     p.add_argument("--k", type=int, default=250)
     p.add_argument("--queries", type=int, default=2000, help="queries of the recall estimate")
-    p.add_argument("--nprobe", type=int, default=None, help=f"default {det.IVF_NPROBE}")
+    p.add_argument("--nprobe", type=int, default=None, help=f"default {IVF_NPROBE}")
     p.add_argument("--spread", type=float, default=1.0, help="cluster noise (see above)")
     p.add_argument("--full-exact", choices=("auto", "yes", "no"), default="auto",
                    help="exact detection of all N for the F1 (auto: N <= 300,000)")
     a = p.parse_args()
     n, k, c = a.n, a.k, 10
-    nlist, nprobe, n_train = det.ivf_settings(n)
+    nlist, nprobe, n_train = ivf_settings(n)
     nprobe = a.nprobe or nprobe
-    print(f"machine: {platform.machine()}, faiss {det._faiss().__version__}")
+    print(f"machine: {platform.machine()}, faiss {faiss.__version__}")
     print(f"N={n:,} d={a.d} k={k} spread={a.spread}; faiss-ivf: nlist={nlist}, nprobe={nprobe}, "
           f"k-means on {n_train:,} vectors")
     t = time.perf_counter()
@@ -89,7 +91,8 @@ def main() -> None:
           f"peak RSS {peak_gib():.2f} GiB")
 
     t = time.perf_counter()
-    idx, sims = det._knn_faiss(x, k, None, ivf=True, nprobe=nprobe)
+    nb = knn_search(x, k, backend="faiss-ivf", nprobe=nprobe)
+    idx, sims = nb.indices, nb.similarities
     t_search = time.perf_counter() - t
     t = time.perf_counter()
     ivf = det.detect_from_neighbors(det.Neighbors(idx, sims), given, c, k)
@@ -101,7 +104,7 @@ def main() -> None:
     rng = np.random.default_rng(1)
     q = np.sort(rng.choice(n, min(a.queries, n), replace=False))
     t = time.perf_counter()
-    exact = det.knn_search(x, k + 1, queries=x[q], backend="faiss").indices
+    exact = knn_search(x, k + 1, queries=x[q], backend="faiss").indices
     t_exact_q = time.perf_counter() - t
     recall = np.mean([np.intersect1d(row[row != i][:k], idx[i]).size / k
                       for i, row in zip(q, exact, strict=True)])

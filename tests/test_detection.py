@@ -10,6 +10,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from moit_explore import detection as det
+from moit_explore import neighbors
 from moit_explore.detection import (
     Neighbors,
     detect_from_neighbors,
@@ -21,7 +22,7 @@ from moit_explore.detection import (
     soft_labels_from_neighbors,
 )
 
-HAS_FAISS = det._faiss_available()
+HAS_FAISS = neighbors.faiss_available()
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="faiss-cpu not installed")
 BACKENDS = ["torch", pytest.param("faiss", marks=needs_faiss)]
 
@@ -387,7 +388,7 @@ def _recall(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def ivf_pair():
     """N = 20,000 (>= IVF_MIN_SAMPLES): the IVF search and the exact one, k = 50."""
-    assert det.IVF_MIN_SAMPLES <= 20_000
+    assert neighbors.IVF_MIN_SAMPLES <= 20_000
     x, true, given = clustered(20_000, 10, dim=32)
     return x, true, given, knn_search(x, 50, backend="faiss-ivf"), knn_search(x, 50,
                                                                              backend="faiss")
@@ -414,9 +415,21 @@ def test_ivf_recall_and_detection_close_to_exact(ivf_pair):
 
 
 @needs_faiss
+def test_ivf_nprobe_trades_recall(ivf_pair):
+    x, _, _, _, exact = ivf_pair
+    nlist = neighbors.ivf_settings(x.shape[0])[0]
+    one = knn_search(x, 50, backend="faiss-ivf", nprobe=1)
+    every = knn_search(x, 50, backend="faiss-ivf", nprobe=nlist)  # every list: exact search
+    assert _recall(every.indices, exact.indices) >= 0.999
+    assert _recall(one.indices, exact.indices) < _recall(every.indices, exact.indices)
+    with pytest.raises(ValueError, match="nprobe"):
+        knn_search(x, 50, backend="faiss-ivf", nprobe=0)
+
+
+@needs_faiss
 def test_ivf_below_threshold_is_exact():
     x, _, given = clustered(3000, 6, dim=16)
-    assert x.shape[0] < det.IVF_MIN_SAMPLES
+    assert x.shape[0] < neighbors.IVF_MIN_SAMPLES
     a, b = knn_search(x, 20, backend="faiss-ivf"), knn_search(x, 20, backend="faiss")
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_array_equal(a.similarities, b.similarities)
@@ -430,7 +443,7 @@ def test_ivf_below_threshold_is_exact():
 def test_ivf_fills_rows_the_probed_lists_cannot(monkeypatch):
     # one probed list of ~35 vectors cannot hold 51 results: faiss pads with -1, and those
     # rows are searched again over every list
-    monkeypatch.setattr(det, "IVF_NPROBE", 1)
+    monkeypatch.setattr(neighbors, "IVF_NPROBE", 1)
     x, _, _ = clustered(20_000, 10, dim=32)
     nb = knn_search(x, 50, backend="faiss-ivf")
     assert nb.indices.min() >= 0 and nb.indices.max() < x.shape[0]
@@ -439,7 +452,7 @@ def test_ivf_fills_rows_the_probed_lists_cannot(monkeypatch):
 
 
 def test_ivf_settings_rule():
-    assert det.ivf_settings(200_000) == (1789, det.IVF_NPROBE, 114_496)
-    assert det.ivf_settings(1_000_000) == (4000, det.IVF_NPROBE, 256_000)
+    assert det.ivf_settings(200_000) == (1789, neighbors.IVF_NPROBE, 114_496)
+    assert det.ivf_settings(1_000_000) == (4000, neighbors.IVF_NPROBE, 256_000)
     nlist, nprobe, n_train = det.ivf_settings(20_000)
     assert nlist == 20_000 // 39 and n_train == 20_000 and nprobe <= nlist  # 39 per list
