@@ -294,5 +294,8 @@ def knn_search(
     check_choice("backend", backend, BACKEND_CHOICES)
     check_int("chunk_size", chunk_size, 1, allow_none=True)
     check_int("nprobe", nprobe, 1, allow_none=True)
+    if nprobe is not None and backend != "faiss-ivf":
+        raise ValueError(f"nprobe applies to backend='faiss-ivf' only, not {backend!r}: drop "
+                         "nprobe, or pass backend='faiss-ivf'")
     idx, sims = knn_tensors(x, k, backend, chunk_size, progress, q, nprobe=nprobe)
     return Neighbors(indices=idx.cpu().numpy(), similarities=sims.cpu().numpy())

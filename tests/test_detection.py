@@ -424,6 +424,8 @@ def test_ivf_nprobe_trades_recall(ivf_pair):
     assert _recall(one.indices, exact.indices) < _recall(every.indices, exact.indices)
     with pytest.raises(ValueError, match="nprobe"):
         knn_search(x, 50, backend="faiss-ivf", nprobe=0)
+    with pytest.raises(ValueError, match="faiss-ivf"):
+        knn_search(x, 50, backend="faiss", nprobe=8)  # exact search has no lists to probe
 
 
 @needs_faiss
