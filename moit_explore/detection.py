@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-# re-exported: a detection's first step, and the k slider's input
+# Neighbors, ivf_settings and knn_search are re-exported (a detection's first step, the k
+# slider's input); knn_tensors is the search on already-checked arguments
 from moit_explore.neighbors import Neighbors, ivf_settings, knn_search, knn_tensors
 from moit_explore.validation import (
     BACKEND_CHOICES,
