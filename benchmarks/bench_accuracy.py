@@ -37,8 +37,9 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import regime_search  # noqa: E402
 
-from moit_explore import datasets, detection, engine, models, pipelines, runs  # noqa: E402
-from moit_explore.config import TrainConfig  # noqa: E402
+from moit_explore.maths import detection, models
+from moit_explore.training import datasets, engine, pipelines, runs  # noqa: E402
+from moit_explore.training.config import TrainConfig  # noqa: E402
 
 SETTINGS = "symmetric:0.4,symmetric:0.8,asymmetric:0.4"
 METHODS = "ce,supcon,icl,moit,moit+"

@@ -16,7 +16,7 @@ import torch
 from _timing import devices as pick_devices
 from _timing import median_ms
 
-from moit_explore.augment import ComplexAugment, Normalize, SimpleAugment
+from moit_explore.maths.augment import ComplexAugment, Normalize, SimpleAugment
 
 SHAPES = ((1, 28, 28), (3, 32, 32))
 

@@ -17,14 +17,12 @@ from functools import partial
 import numpy as np
 import torch
 
-from moit_explore.detection import (
-    Neighbors,
+from moit_explore.maths.detection import (
     detect_from_neighbors,
     detect_noise,
     detection_metrics,
-    knn_search,
 )
-from moit_explore.neighbors import faiss_available
+from moit_explore.maths.neighbors import Neighbors, faiss_available, knn_search
 
 
 def clustered(n: int, num_classes: int, dim: int = 128, seed: int = 0):

@@ -35,8 +35,9 @@ import time
 import faiss
 import numpy as np
 
-from moit_explore import detection as det
-from moit_explore.neighbors import IVF_NPROBE, ivf_settings, knn_search
+from moit_explore.maths import detection as det
+from moit_explore.maths import neighbors
+from moit_explore.maths.neighbors import IVF_NPROBE, ivf_settings, knn_search
 
 
 def clustered(n: int, dim: int = 128, n_clusters: int = 500, num_classes: int = 10,
@@ -95,7 +96,7 @@ def main() -> None:
     idx, sims = nb.indices, nb.similarities
     t_search = time.perf_counter() - t
     t = time.perf_counter()
-    ivf = det.detect_from_neighbors(det.Neighbors(idx, sims), given, c, k)
+    ivf = det.detect_from_neighbors(neighbors.Neighbors(idx, sims), given, c, k)
     t_passes = time.perf_counter() - t
     m = det.detection_metrics(ivf.clean, noisy)
     print(f"faiss-ivf: build + search {t_search:.1f} s, two passes {t_passes:.1f} s; "

@@ -23,7 +23,8 @@ import time
 import numpy as np
 import torch
 
-from moit_explore import config, datasets, noise, runs, train
+from moit_explore.maths import noise
+from moit_explore.training import config, datasets, runs, train
 
 
 def random_data(n: int, size: int, channels: int, num_classes: int, seed: int = 0):

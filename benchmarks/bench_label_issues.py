@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
-from moit_explore import datasets, detection, label_issues, noise, validation
+from moit_explore.analysis import label_issues
+from moit_explore.maths import detection, noise, validation
+from moit_explore.training import datasets
 
 SMALL_CLASS = 0  # T-shirt/top
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from _timing import devices as pick_devices
 from _timing import median_ms
 
-from moit_explore.losses import icl_loss, supcon_loss
-from moit_explore.memory import CrossBatchMemory, memory_size
+from moit_explore.maths.losses import icl_loss, supcon_loss
+from moit_explore.maths.memory import CrossBatchMemory, memory_size
 
 
 def bench(device: torch.device, B: int = 128, D: int = 128, C: int = 100,

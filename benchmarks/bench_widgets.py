@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
-from moit_explore import detection
-from moit_explore.widgets import KSliderPanel
+from moit_explore.course.widgets import KSliderPanel
+from moit_explore.maths import detection, neighbors
 
 
 def clustered(n: int, num_classes: int, dim: int, rate: float, seed: int = 0):
@@ -61,7 +61,7 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), load {os.getloadavg()[0]:.2f}")
     feats, given, is_noisy = clustered(args.n, args.classes, 32, 0.4)
     t0 = time.perf_counter()
-    nb = detection.knn_search(feats, args.k_max)
+    nb = neighbors.knn_search(feats, args.k_max)
     print(f"knn_search N={args.n:,} k_max={args.k_max}: {time.perf_counter() - t0:.1f} s "
           "(once, not part of a slider move)")
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moit_explore import analysis, config, runs, train
+from moit_explore.analysis import collapse
+from moit_explore.training import config, runs, train
 
 
 def _parse_sets(items: list[str], cls: type) -> dict:
@@ -71,7 +72,7 @@ def figures(run_dir: Path) -> dict:
         best_epoch=int(m["epoch"][m["test_acc"].idxmax()]),
         train_acc_given=float(last["train_acc_given"]),
         clean_share=float(np.mean(given == true)),
-        knn_true=analysis.knn_accuracy(fin["features"], given, k=min(k, len(given) - 1),
+        knn_true=collapse.knn_accuracy(fin["features"], given, k=min(k, len(given) - 1),
                                        target=true),
         time_s=float(m["epoch_time_s"].sum()),
     )

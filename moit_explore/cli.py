@@ -2,7 +2,8 @@
 
 Commands:
 
-- ``train --preset P [--field-name value ...]``: every :class:`~moit_explore.config.TrainConfig`
+- ``train --preset P [--field-name value ...]``: every
+  :class:`~moit_explore.training.config.TrainConfig`
   field is a flag (tuples as comma lists, booleans as ``--x`` / ``--no-x``); ``--resume RUN_DIR``
   continues a run; ``--dry-run`` prints the validated configuration.
 - ``finetune RUN_DIR [--field-name value ...]``: MOIT+ from a finished run (FinetuneConfig).
@@ -27,9 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from moit_explore import config as cfg_mod
-from moit_explore import datasets, demo, detection, distributed, label_issues, reports, runs, train
-from moit_explore.validation import BACKEND_CHOICES, BALANCE_CHOICES
+from moit_explore.analysis import label_issues, reports
+from moit_explore.course import demo
+from moit_explore.maths import detection
+from moit_explore.maths.validation import BACKEND_CHOICES, BALANCE_CHOICES
+from moit_explore.training import config as cfg_mod
+from moit_explore.training import datasets, distributed, runs, train
 
 __all__ = ["build_parser", "main"]
 

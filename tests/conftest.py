@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moit_explore.datasets import DatasetBundle, load_dataset
+from moit_explore.training.datasets import DatasetBundle, load_dataset
 
 
 @pytest.fixture(scope="session")

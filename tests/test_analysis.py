@@ -16,7 +16,9 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.decomposition import PCA
 
-from moit_explore import analysis, detection, noise, projection, reports, runs, validation
+from moit_explore.analysis import collapse, label_issues, projection, reports
+from moit_explore.maths import detection, noise, validation
+from moit_explore.training import runs
 
 # --------------------------------------------------------------------------- helpers
 
@@ -74,9 +76,9 @@ def write_run(root, name, snapshots, final_features, given, true, *, true_known=
 
 def test_knn_accuracy_on_digits_is_far_above_chance(digits_xy, digits):
     x, y = digits_xy
-    loo = analysis.knn_accuracy(x, y, k=10)
+    loo = collapse.knn_accuracy(x, y, k=10)
     xt = digits.test_images.reshape(len(digits.test_labels), -1)
-    held_out = analysis.knn_accuracy(x, y, xt, digits.test_labels, k=10)
+    held_out = collapse.knn_accuracy(x, y, xt, digits.test_labels, k=10)
     assert loo > 0.9 and held_out > 0.9  # chance is 0.1
 
 
@@ -85,9 +87,9 @@ def test_knn_predict_matches_brute_force(digits_xy, digits):
     x = x[:400] + np.random.default_rng(0).normal(0, 1e-3, (400, x.shape[1])).astype(np.float32)
     y = y[:400]
     for k in (1, 4, 9):
-        assert np.array_equal(analysis.knn_predict(x, y, k=k), brute_knn_vote(x, y, k=k))
+        assert np.array_equal(collapse.knn_predict(x, y, k=k), brute_knn_vote(x, y, k=k))
     xt = digits.test_images.reshape(len(digits.test_labels), -1)[:100].astype(np.float32)
-    assert np.array_equal(analysis.knn_predict(x, y, xt, k=5), brute_knn_vote(x, y, xt, k=5))
+    assert np.array_equal(collapse.knn_predict(x, y, xt, k=5), brute_knn_vote(x, y, xt, k=5))
 
 
 def test_knn_accuracy_hand_case():
@@ -95,20 +97,20 @@ def test_knn_accuracy_hand_case():
     # k=2 predicts 0 for it (scored wrong against its label, right against the target)
     x = np.array([[1, 0.01], [1, 0.02], [1, 0.03], [0.01, 1], [0.02, 1], [0.03, 1]])
     y = np.array([0, 0, 1, 1, 1, 1])
-    pred = analysis.knn_predict(x, y, k=2)
+    pred = collapse.knn_predict(x, y, k=2)
     assert pred.tolist() == [0, 0, 0, 1, 1, 1]
-    assert analysis.knn_accuracy(x, y, k=2) == pytest.approx(5 / 6)
-    assert analysis.knn_accuracy(x, y, k=2, target=[0, 0, 0, 1, 1, 1]) == 1.0
+    assert collapse.knn_accuracy(x, y, k=2) == pytest.approx(5 / 6)
+    assert collapse.knn_accuracy(x, y, k=2, target=[0, 0, 0, 1, 1, 1]) == 1.0
 
 
 def test_knn_errors_name_the_fix(digits_xy):
     x, y = digits_xy
     with pytest.raises(ValueError, match=r"out of range.*\[1, 4\]"):
-        analysis.knn_accuracy(x[:5], y[:5], k=5)
+        collapse.knn_accuracy(x[:5], y[:5], k=5)
     with pytest.raises(ValueError, match="in the same order"):
-        analysis.knn_accuracy(x, y[:-1])
+        collapse.knn_accuracy(x, y[:-1])
     with pytest.raises(ValueError, match="together"):
-        analysis.knn_accuracy(x, y, x)
+        collapse.knn_accuracy(x, y, x)
 
 
 # --------------------------------------------------------------------------- collapse
@@ -123,14 +125,14 @@ def test_class_distance_ratio_matches_pairwise():
     same = y[:, None] == y[None, :]
     off = ~np.eye(120, dtype=bool)
     expected = dist[same & off].mean() / dist[~same].mean()
-    assert analysis.class_distance_ratio(x, y) == pytest.approx(expected, rel=1e-6)
+    assert collapse.class_distance_ratio(x, y) == pytest.approx(expected, rel=1e-6)
 
 
 def test_class_distance_ratio_hand_cases():
     # classes collapsed to orthogonal points: within distance 0, between distance 1
-    assert analysis.class_distance_ratio(np.eye(2)[[0, 0, 1, 1]], [0, 0, 1, 1]) == 0.0
+    assert collapse.class_distance_ratio(np.eye(2)[[0, 0, 1, 1]], [0, 0, 1, 1]) == 0.0
     # one class only: no between-class pair
-    assert np.isnan(analysis.class_distance_ratio(np.ones((3, 2)), [0, 0, 0]))
+    assert np.isnan(collapse.class_distance_ratio(np.ones((3, 2)), [0, 0, 0]))
 
 
 def test_collapse_metrics_follow_the_label_the_features_encode(digits_noisy):
@@ -138,23 +140,23 @@ def test_collapse_metrics_follow_the_label_the_features_encode(digits_noisy):
     given, true = nz.noisy, nz.clean
     k = int(min(np.bincount(given).min(), np.bincount(true).min())) - 1
     # embedding memorised the given labels: every noisy sample sits among its given class
-    mem = analysis.collapse_metrics(np.eye(10)[given], given, true, k=k)
+    mem = collapse.collapse_metrics(np.eye(10)[given], given, true, k=k)
     assert mem["noisy_agree_given"] == 1.0 and mem["noisy_agree_true"] == 0.0
     assert mem["knn_acc_given"] == 1.0 and mem["distance_ratio_given"] == pytest.approx(0.0)
     # embedding of the true classes: the neighbours' majority (70 % clean) says the true class
-    robust = analysis.collapse_metrics(np.eye(10)[true], given, true, k=k)
+    robust = collapse.collapse_metrics(np.eye(10)[true], given, true, k=k)
     assert robust["noisy_agree_true"] == 1.0 and robust["noisy_agree_given"] == 0.0
     assert robust["knn_acc_true"] == 1.0
     assert robust["noise_rate"] == pytest.approx(nz.is_noisy.mean())
-    nb = analysis.noisy_neighbourhood(np.eye(10)[true], given, true, k=k)
+    nb = collapse.noisy_neighbourhood(np.eye(10)[true], given, true, k=k)
     assert nb == {"agree_given": 0.0, "agree_true": 1.0, "n_noisy": int(nz.is_noisy.sum())}
 
 
 def test_collapse_metrics_without_true_labels(digits_xy):
     x, y = digits_xy
-    m = analysis.collapse_metrics(x, y, None, k=5)
+    m = collapse.collapse_metrics(x, y, None, k=5)
     assert set(m) == {"knn_acc_given", "distance_ratio_given"}
-    assert m["knn_acc_given"] == pytest.approx(analysis.knn_accuracy(x, y, k=5))
+    assert m["knn_acc_given"] == pytest.approx(collapse.knn_accuracy(x, y, k=5))
 
 
 def test_collapse_over_epochs_and_table_from_a_run_dir(tmp_path, digits_noisy):
@@ -164,23 +166,23 @@ def test_collapse_over_epochs_and_table_from_a_run_dir(tmp_path, digits_noisy):
     snaps = {1: np.eye(10)[true] + rng.normal(0, 0.05, (len(true), 10)),
              2: np.eye(10)[given] + rng.normal(0, 0.05, (len(true), 10))}
     run, _ = write_run(tmp_path, "r", snaps, x, given, true)
-    table = analysis.collapse_over_epochs(run, k=10)
+    table = collapse.collapse_over_epochs(run, k=10)
     assert table["epoch"].tolist() == [1, 2]
     # collapse: the noisy samples move from the true class to the given one
     assert table.loc[0, "noisy_agree_true"] > 0.9 and table.loc[1, "noisy_agree_given"] > 0.9
-    direct = analysis.collapse_metrics(run.snapshot(2)["features"], given, true, k=10)
+    direct = collapse.collapse_metrics(run.snapshot(2)["features"], given, true, k=10)
     assert table.loc[1, "knn_acc_true"] == pytest.approx(direct["knn_acc_true"])
-    knn = analysis.knn_accuracy_table({("moit", 0.3): run, ("other", 0.3): run.path}, k=10)
+    knn = collapse.knn_accuracy_table({("moit", 0.3): run, ("other", 0.3): run.path}, k=10)
     assert isinstance(knn.index, pd.MultiIndex)
     assert knn.loc[("moit", 0.3), "knn_acc_true"] == pytest.approx(
-        analysis.knn_accuracy(x, given, k=10, target=true))
+        collapse.knn_accuracy(x, given, k=10, target=true))
 
 
 def test_collapse_over_epochs_needs_snapshots(tmp_path, digits_noisy):
     x, nz = digits_noisy
     run, _ = write_run(tmp_path, "r", {}, x, nz.noisy, nz.clean)
     with pytest.raises(ValueError, match="--snapshot-epochs"):
-        analysis.collapse_over_epochs(run)
+        collapse.collapse_over_epochs(run)
 
 
 # --------------------------------------------------------------------------- soft labels
@@ -190,21 +192,21 @@ def test_detection_issues_table_and_confusion(digits_noisy):
     x, nz = digits_noisy
     det = detection.detect_noise(x, nz.noisy, 10, k=20, backend="torch")
     names = [f"d{i}" for i in range(10)]
-    t = analysis.detection_issues_table(det, nz.noisy, true_labels=nz.clean, class_names=names,
+    t = label_issues.detection_issues_table(det, nz.noisy, true_labels=nz.clean, class_names=names,
                                         sort=False)
     assert len(t) == len(nz.noisy)
     i = np.arange(len(t))
     assert np.allclose(t["label_quality"], det.soft_labels[i, nz.noisy])
     assert np.array_equal(t["is_noisy"], nz.is_noisy)
     assert np.array_equal(t["selected_for_training"], det.clean)
-    issue, _ = analysis.label_verdict(det.first_pass_soft_labels, nz.noisy)
+    issue, _ = label_issues.label_verdict(det.first_pass_soft_labels, nz.noisy)
     assert np.array_equal(t["is_label_issue"], issue)
     assert t["given_name"].iloc[0] == names[nz.noisy[0]]
-    assert "true_label" not in analysis.detection_issues_table(det, nz.noisy)
-    m = analysis.disagreement_confusion(nz.noisy, det.corrected_labels, 10)
+    assert "true_label" not in label_issues.detection_issues_table(det, nz.noisy)
+    m = label_issues.disagreement_confusion(nz.noisy, det.corrected_labels, 10)
     assert np.array_equal(m, skm.confusion_matrix(nz.noisy, det.corrected_labels,
                                                   labels=range(10)))
-    assert analysis.disagreement_confusion([0, 0, 1], [0, 1, 1]).tolist() == [[1, 1], [0, 1]]
+    assert label_issues.disagreement_confusion([0, 0, 1], [0, 1, 1]).tolist() == [[1, 1], [0, 1]]
 
 
 # --------------------------------------------------------------------------- detection
@@ -214,7 +216,7 @@ def test_detection_report_hand_case():
     clean = np.array([True, True, False, False, False])
     noisy = np.array([False, True, True, False, True])
     score = np.array([0.1, 0.2, 0.9, 0.5, 0.8])
-    r = analysis.detection_report(clean, noisy, score)
+    r = reports.detection_report(clean, noisy, score)
     # flagged = samples 2, 3, 4; noisy = 1, 2, 4 -> tp 2, fp 1, fn 1
     assert r["precision"] == pytest.approx(2 / 3)
     assert r["recall"] == pytest.approx(2 / 3)
@@ -230,7 +232,7 @@ def test_detection_report_hand_case():
 def test_detection_report_and_curves_match_sklearn(digits_noisy):
     x, nz = digits_noisy
     det = detection.detect_noise(x, nz.noisy, 10, k=20, backend="torch")
-    r = analysis.detection_report(det.clean, nz.is_noisy, det.discrepancy)
+    r = reports.detection_report(det.clean, nz.is_noisy, det.discrepancy)
     flagged = ~det.clean
     assert r["precision"] == pytest.approx(skm.precision_score(nz.is_noisy, flagged))
     assert r["recall"] == pytest.approx(skm.recall_score(nz.is_noisy, flagged))
@@ -239,19 +241,19 @@ def test_detection_report_and_curves_match_sklearn(digits_noisy):
     assert r["average_precision"] == pytest.approx(
         skm.average_precision_score(nz.is_noisy, det.discrepancy))
     assert r["auroc"] > 0.85
-    p, rec, _ = analysis.pr_curve(nz.is_noisy, det.discrepancy)
+    p, rec, _ = reports.pr_curve(nz.is_noisy, det.discrepancy)
     p_ref, rec_ref, _ = skm.precision_recall_curve(nz.is_noisy, det.discrepancy)
     assert np.allclose(p, p_ref) and np.allclose(rec, rec_ref)
-    fpr, tpr, _ = analysis.roc_curve(nz.is_noisy, det.discrepancy)
+    fpr, tpr, _ = reports.roc_curve(nz.is_noisy, det.discrepancy)
     assert np.isclose(np.trapezoid(tpr, fpr), r["auroc"])
     with pytest.raises(ValueError, match="both noisy and clean"):
-        analysis.roc_curve(np.zeros(5, bool), np.arange(5.0))
+        reports.roc_curve(np.zeros(5, bool), np.arange(5.0))
 
 
 def test_per_class_detection_matches_subsets(digits_noisy):
     x, nz = digits_noisy
     det = detection.detect_noise(x, nz.noisy, 10, k=20, backend="torch")
-    t = analysis.per_class_detection(det.clean, nz.is_noisy, nz.noisy, 10)
+    t = reports.per_class_detection(det.clean, nz.is_noisy, nz.noisy, 10)
     assert len(t) == 10 and t["n"].sum() == len(nz.noisy)
     assert t["n_selected"].sum() == det.clean.sum()
     for c in (0, 7):
@@ -270,15 +272,15 @@ def test_detection_over_epochs_and_summary(tmp_path, digits_noisy):
             {"epoch": 3, "test_acc": 0.65, "time_s": 3.0, "det_precision": 0.7,
              "det_recall": 0.9, "det_f1": 0.79}]
     run, _ = write_run(tmp_path, "r", {}, x, nz.noisy, nz.clean, metrics_rows=rows)
-    d = analysis.detection_over_epochs(run)
+    d = reports.detection_over_epochs(run)
     assert d["epoch"].tolist() == [2, 3]
     assert d["precision"].tolist() == [0.6, 0.7] and "f1" in d
-    s = analysis.summarize_runs({"MOIT": run})
+    s = reports.summarize_runs({"MOIT": run})
     assert s.loc["MOIT", "test_acc_last"] == 0.65 and s.loc["MOIT", "test_acc_best"] == 0.7
     assert s.loc["MOIT", "time_s"] == 8.0
     assert s.loc["MOIT", "noise_rate"] == pytest.approx(nz.is_noisy.mean())
     with pytest.raises(ValueError, match="without detection"):
-        analysis.detection_over_epochs(pd.DataFrame({"epoch": [1], "test_acc": [0.1]}))
+        reports.detection_over_epochs(pd.DataFrame({"epoch": [1], "test_acc": [0.1]}))
 
 
 # --------------------------------------------------------------------------- label issues
@@ -287,11 +289,12 @@ def test_detection_over_epochs_and_summary(tmp_path, digits_noisy):
 def test_find_label_issues_mask_and_rankings(digits_noisy):
     x, nz = digits_noisy
     det = detection.detect_noise(x, nz.noisy, 10, k=20)
-    mask = analysis.find_label_issues(nz.noisy, x, k=20)
-    issue, _ = analysis.label_verdict(det.first_pass_soft_labels, nz.noisy)
+    mask = label_issues.find_label_issues(nz.noisy, x, k=20)
+    issue, _ = label_issues.label_verdict(det.first_pass_soft_labels, nz.noisy)
     assert mask.dtype == bool and np.array_equal(mask, issue)
     quality = det.soft_labels[np.arange(len(mask)), nz.noisy]
-    ranked = analysis.find_label_issues(nz.noisy, x, k=20, return_indices_ranked_by="label_quality")
+    ranked = label_issues.find_label_issues(nz.noisy, x, k=20,
+                                            return_indices_ranked_by="label_quality")
     assert sorted(ranked.tolist()) == np.flatnonzero(mask).tolist()
     q = quality[ranked]
     assert np.all(np.diff(q) >= 0)  # worst (lowest quality) first
@@ -299,13 +302,13 @@ def test_find_label_issues_mask_and_rankings(digits_noisy):
     for value in np.unique(q):
         tied = ranked[q == value]
         assert np.all(np.diff(tied) > 0)
-    by_d = analysis.find_label_issues(nz.noisy, x, k=20, return_indices_ranked_by="discrepancy")
+    by_d = label_issues.find_label_issues(nz.noisy, x, k=20, return_indices_ranked_by="discrepancy")
     assert np.all(np.diff(det.discrepancy[by_d]) <= 0)
     # a precomputed detection has its own table, with the same issues
-    table = analysis.detection_issues_table(det, nz.noisy)
+    table = label_issues.detection_issues_table(det, nz.noisy)
     assert np.array_equal(table.sort_index()["is_label_issue"].to_numpy(), mask)
     with pytest.raises(ValueError, match="return_indices_ranked_by"):
-        analysis.find_label_issues(nz.noisy, x, return_indices_ranked_by="confidence")
+        label_issues.find_label_issues(nz.noisy, x, return_indices_ranked_by="confidence")
 
 
 def test_find_label_issues_rejects_swapped_and_wrong_typed_arguments(digits_noisy, tmp_path):
@@ -313,27 +316,27 @@ def test_find_label_issues_rejects_swapped_and_wrong_typed_arguments(digits_nois
     silently swapped or ignored."""
     x, nz = digits_noisy
     with pytest.raises(ValueError, match=r"labels must come first.*swapped"):
-        analysis.find_label_issues(x, nz.noisy, k=20)
+        label_issues.find_label_issues(x, nz.noisy, k=20)
     with pytest.raises(ValueError, match=r"labels must come first"):
-        analysis.label_issues_table(x, nz.noisy, k=20)
+        label_issues.label_issues_table(x, nz.noisy, k=20)
     det = detection.detect_noise(x, nz.noisy, 10, k=20)
     with pytest.raises(TypeError, match=r"detection_issues_table\(detection, labels\)"):
-        analysis.find_label_issues(nz.noisy, det)
+        label_issues.find_label_issues(nz.noisy, det)
     with pytest.raises(TypeError, match=r"run_issues_table\(run_dir\)"):
-        analysis.label_issues_table(nz.noisy, tmp_path)
+        label_issues.label_issues_table(nz.noisy, tmp_path)
     with pytest.raises(TypeError, match="label_issues_table"):
-        analysis.detection_issues_table(x, nz.noisy)
+        label_issues.detection_issues_table(x, nz.noisy)
     with pytest.raises(TypeError, match="positional"):  # num_classes etc. are keyword-only
-        analysis.find_label_issues(nz.noisy, x, 10)
+        label_issues.find_label_issues(nz.noisy, x, 10)
     with pytest.raises(ValueError, match="in the same order"):
-        analysis.find_label_issues(nz.noisy[:-1], x)
+        label_issues.find_label_issues(nz.noisy[:-1], x)
 
 
 def test_label_issues_table_without_true_labels_round_trips_csv(tmp_path, digits_xy):
     x, y = digits_xy  # the digits as shipped: no known noise, like a user's own folder
     names = [f"digit {i}" for i in range(10)]
     paths = [f"/data/{y[i]}/img_{i:04d}.png" for i in range(len(y))]
-    t = analysis.label_issues_table(y, x, class_names=names, paths=paths)
+    t = label_issues.label_issues_table(y, x, class_names=names, paths=paths)
     assert {"is_label_issue", "label_quality", "given_label", "suggested_label", "given_name",
             "suggested_name", "path", "discrepancy"} <= set(t.columns)
     assert "true_label" not in t and "is_noisy" not in t
@@ -343,41 +346,42 @@ def test_label_issues_table_without_true_labels_round_trips_csv(tmp_path, digits
     i = int(t.index[0])
     assert t.loc[i, "path"] == paths[i] and t.loc[i, "given_name"] == names[y[i]]
     k = validation.default_k(y)
-    mask = analysis.find_label_issues(y, x, k=k)
+    mask = label_issues.find_label_issues(y, x, k=k)
     assert np.array_equal(t.sort_index()["is_label_issue"].to_numpy(), mask)
-    out = analysis.export_label_issues(t, tmp_path / "issues.csv")
+    out = label_issues.export_label_issues(t, tmp_path / "issues.csv")
     back = pd.read_csv(out, index_col="sample")
     pd.testing.assert_frame_equal(back, t)
     with pytest.raises(FileNotFoundError, match="create it first"):
-        analysis.export_label_issues(t, tmp_path / "missing" / "x.csv")
+        label_issues.export_label_issues(t, tmp_path / "missing" / "x.csv")
 
 
 def test_label_issues_from_a_run(tmp_path, digits_noisy):
     x, nz = digits_noisy
     run, det = write_run(tmp_path, "r", {}, x, nz.noisy, nz.clean, detect_k=15)
-    t = analysis.run_issues_table(run)
+    t = label_issues.run_issues_table(run)
     assert np.array_equal(t.sort_index()["selected_for_training"].to_numpy(), det.clean)
-    issue, _ = analysis.label_verdict(det.first_pass_soft_labels, nz.noisy)
+    issue, _ = label_issues.label_verdict(det.first_pass_soft_labels, nz.noisy)
     assert np.array_equal(t.sort_index()["is_label_issue"].to_numpy(), issue)
-    t = analysis.run_issues_table(run.path)
+    t = label_issues.run_issues_table(run.path)
     assert np.array_equal(t.sort_index()["is_noisy"].to_numpy(), nz.is_noisy)
     assert t["given_name"].iloc[0] == run.classes[t["given_label"].iloc[0]]
     # a folder run: true labels unknown -> no truth columns
     run2, _ = write_run(tmp_path, "folder", {}, x, nz.noisy, nz.noisy, true_known=False)
-    assert "true_label" not in analysis.run_issues_table(run2)
+    assert "true_label" not in label_issues.run_issues_table(run2)
 
 
 def test_find_label_issues_on_fashion_mnist_flags_mostly_noisy(fashion_mnist):
-    from moit_explore.datasets import subset
+    from moit_explore.training.datasets import subset
 
     data = subset(fashion_mnist, n_train=3000, n_test=0, seed=0)
     nz = noise.inject_noise(data.train_labels, "symmetric", 0.4, 10, seed=1)
     pixels = data.train_images.reshape(len(nz.noisy), -1) / 255.0
     feats = PCA(50, random_state=0).fit_transform(pixels)
-    mask = analysis.find_label_issues(nz.noisy, feats)
+    mask = label_issues.find_label_issues(nz.noisy, feats)
     assert nz.is_noisy[mask].mean() > 0.6  # 40 % base rate
     assert mask[nz.is_noisy].mean() > 0.85
-    ranked = analysis.find_label_issues(nz.noisy, feats, return_indices_ranked_by="label_quality")
+    ranked = label_issues.find_label_issues(nz.noisy, feats,
+                                            return_indices_ranked_by="label_quality")
     assert nz.is_noisy[ranked[:300]].mean() > 0.9
 
 
@@ -386,12 +390,12 @@ def test_find_label_issues_on_fashion_mnist_flags_mostly_noisy(fashion_mnist):
 
 def test_projection_pca_subsample_and_cache(tmp_path, digits_xy, monkeypatch):
     x, _ = digits_xy
-    p = analysis.embedding_projection(x, method="pca")
+    p = projection.embedding_projection(x, method="pca")
     assert p.method == "pca" and p.coords.shape == (len(x), 2) and p.indices is None
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     ref = PCA(2).fit_transform(xn)
     assert np.allclose(np.abs(p.coords), np.abs(ref), atol=1e-3)  # up to sign
-    s = analysis.embedding_projection(x, method="pca", subsample=300, seed=3,
+    s = projection.embedding_projection(x, method="pca", subsample=300, seed=3,
                                       cache_path=tmp_path)
     assert s.coords.shape == (300, 2) and len(np.unique(s.indices)) == 300
     assert len(list(tmp_path.glob("projection_pca_*.npz"))) == 1
@@ -400,11 +404,11 @@ def test_projection_pca_subsample_and_cache(tmp_path, digits_xy, monkeypatch):
         raise AssertionError("recomputed instead of loading the cache")
 
     monkeypatch.setattr(projection, "_pca2", boom)
-    again = analysis.embedding_projection(x, method="pca", subsample=300, seed=3,
+    again = projection.embedding_projection(x, method="pca", subsample=300, seed=3,
                                           cache_path=tmp_path)
     assert np.array_equal(again.coords, s.coords) and np.array_equal(again.indices, s.indices)
     with pytest.raises(AssertionError):  # other features: another key, so no stale hit
-        analysis.embedding_projection(x + 1, method="pca", cache_path=tmp_path)
+        projection.embedding_projection(x + 1, method="pca", cache_path=tmp_path)
 
 
 def test_projection_falls_back_to_pca_without_umap(digits_xy, monkeypatch):
@@ -412,17 +416,17 @@ def test_projection_falls_back_to_pca_without_umap(digits_xy, monkeypatch):
     monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        p = analysis.embedding_projection(x[:200], method="umap")
+        p = projection.embedding_projection(x[:200], method="umap")
     assert p.method == "pca" and p.coords.shape == (200, 2)
     assert any("umap-learn is not installed" in str(w.message) for w in caught)
     with pytest.raises(ValueError, match="'umap' or 'pca'"):
-        analysis.embedding_projection(x, method="tsne")
+        projection.embedding_projection(x, method="tsne")
 
 
 def test_continued_metrics_puts_moit_plus_after_its_base_run(tmp_path, monkeypatch):
     import json
 
-    from moit_explore import config, train
+    from moit_explore.training import config, train
 
     monkeypatch.chdir(tmp_path)  # relative paths, as from the command line
     moit = train.train(config.preset("smoke", runs_root="r"))
@@ -431,12 +435,12 @@ def test_continued_metrics_puts_moit_plus_after_its_base_run(tmp_path, monkeypat
     n_moit = config.preset("smoke").epochs
     n_plus = config.finetune_preset("smoke").epochs
     loaded = {"MOIT": runs.load_run(moit), "MOIT+": runs.load_run(plus)}
-    curves = analysis.continued_metrics(loaded)
+    curves = reports.continued_metrics(loaded)
     assert curves["MOIT"]["epoch"].tolist() == list(range(1, n_moit + 1))
     assert curves["MOIT+"]["epoch"].tolist() == list(range(n_moit + 1, n_moit + n_plus + 1))
     assert loaded["MOIT+"].metrics["epoch"].tolist() == list(range(1, n_plus + 1))  # a copy
     # without its base run MOIT+ keeps its own epochs
-    alone = analysis.continued_metrics({"MOIT+": plus})
+    alone = reports.continued_metrics({"MOIT+": plus})
     assert alone["MOIT+"]["epoch"].tolist() == list(range(1, n_plus + 1))
 
     # a run directory from an older version (relative base_run), read from another folder:
@@ -447,12 +451,12 @@ def test_continued_metrics_puts_moit_plus_after_its_base_run(tmp_path, monkeypat
     cfg_file.write_text(json.dumps(cfg))
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    curves = analysis.continued_metrics({"MOIT": tmp_path / moit, "MOIT+": tmp_path / plus})
+    curves = reports.continued_metrics({"MOIT": tmp_path / moit, "MOIT+": tmp_path / plus})
     assert curves["MOIT+"]["epoch"].min() == n_moit + 1
 
     # a MOIT+ run interrupted before its first epoch has no rows: nothing to shift
     (tmp_path / plus / "metrics.jsonl").write_text("")
-    empty = analysis.continued_metrics({"MOIT": tmp_path / moit, "MOIT+": tmp_path / plus})
+    empty = reports.continued_metrics({"MOIT": tmp_path / moit, "MOIT+": tmp_path / plus})
     assert len(empty["MOIT+"]) == 0
 
 

@@ -13,7 +13,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from sklearn.datasets import load_digits
 
-from moit_explore.augment import (
+from moit_explore.maths.augment import (
     ComplexAugment,
     Normalize,
     SimpleAugment,
@@ -315,7 +315,7 @@ def test_color_jitter_order_matches_sequential_torchvision(channels, fmnist, rgb
 
 def test_masked_hue_path_equals_subset_path(rgb, monkeypatch):
     """The sync-free path used on CUDA (whole batch, masked) gives the CPU path's result."""
-    import moit_explore.augment as augment
+    import moit_explore.maths.augment as augment
 
     aug = ComplexAugment(MEAN3, STD3)
     subset = aug(rgb, _gen(12))

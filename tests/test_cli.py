@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from moit_explore import cli, config, demo, runs
+from moit_explore import cli
+from moit_explore.course import demo
+from moit_explore.training import config, runs
 
 
 def run_cli(capsys, *argv):

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from moit_explore import config, course, noise
+from moit_explore.course import notebook_runs
+from moit_explore.maths import noise
+from moit_explore.training import config
 
 
 @pytest.fixture
@@ -27,30 +29,30 @@ def _edit_config(path, edit) -> None:
 
 
 def test_a_cached_run_is_reused_only_while_its_settings_match(cache):
-    run = course.course_run("ce", preset="smoke", progress=False)
+    run = notebook_runs.course_run("ce", preset="smoke", progress=False)
     assert run.path.parent == cache
     first = _stamp(run)
-    assert _stamp(course.course_run("ce", preset="smoke", progress=False)) == first
+    assert _stamp(notebook_runs.course_run("ce", preset="smoke", progress=False)) == first
 
     # a run written by an older version of the package (a field it did not know yet)
     _edit_config(run.path, lambda c: c.pop("drop_last"))
-    again = course.course_run("ce", preset="smoke", progress=False)
+    again = notebook_runs.course_run("ce", preset="smoke", progress=False)
     assert _stamp(again) != first and again.config["drop_last"] is False
     second = _stamp(again)
 
     # a run trained with other settings under the same name
     _edit_config(run.path, lambda c: c.update(epochs=c["epochs"] + 1))
-    third = course.course_run("ce", preset="smoke", progress=False)
+    third = notebook_runs.course_run("ce", preset="smoke", progress=False)
     assert _stamp(third) != second and third.config["epochs"] == 3
     assert not list(cache.glob(".*tmp*"))  # no temporary folder left behind
 
 
 def test_moit_plus_cache_follows_its_fine_tuning_settings(cache):
-    plus = course.course_run("moit+", preset="smoke", progress=False)
+    plus = notebook_runs.course_run("moit+", preset="smoke", progress=False)
     first = _stamp(plus)
-    assert _stamp(course.course_run("moit+", preset="smoke", progress=False)) == first
+    assert _stamp(notebook_runs.course_run("moit+", preset="smoke", progress=False)) == first
     _edit_config(plus.path, lambda c: c["finetune"].update(lr=0.5))
-    again = course.course_run("moit+", preset="smoke", progress=False)
+    again = notebook_runs.course_run("moit+", preset="smoke", progress=False)
     assert _stamp(again) != first and again.config["finetune"]["lr"] == 0.001
     assert again.path.name == "finetune" and "train_mask" in again.final()
     assert not list(again.path.parent.glob(".*tmp*"))  # trained aside, renamed into place
@@ -61,7 +63,7 @@ def test_a_folder_run_records_the_folder_it_trained_on(cache, tmp_path, digits):
     preset's data set)."""
     from PIL import Image
 
-    from moit_explore import datasets
+    from moit_explore.training import datasets
 
     folder = tmp_path / "images"
     for c in (0, 1):
@@ -70,7 +72,7 @@ def test_a_folder_run_records_the_folder_it_trained_on(cache, tmp_path, digits):
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(digits.train_images[i, :, :, 0]).save(path)
     bundle = datasets.load_dataset(f"imagefolder:{folder}", channels=1, image_size=8)
-    run = course.folder_run(bundle, preset="smoke", progress=False, xbm_per_class=40,
+    run = notebook_runs.folder_run(bundle, preset="smoke", progress=False, xbm_per_class=40,
                             batch_size=16)
     assert run.config["dataset"] == f"imagefolder:{folder}"
     assert run.config["image_size"] == 8 and run.config["image_channels"] == 1
@@ -80,23 +82,23 @@ def test_a_folder_run_records_the_folder_it_trained_on(cache, tmp_path, digits):
     np.testing.assert_array_equal(again.train_images, bundle.train_images)
     assert not run.true_labels_known
     # cached: the same folder and settings reuse the run
-    assert _stamp(course.folder_run(bundle, preset="smoke", progress=False,
+    assert _stamp(notebook_runs.folder_run(bundle, preset="smoke", progress=False,
                                     xbm_per_class=40, batch_size=16)) == _stamp(run)
     with pytest.raises(ValueError, match="image folder"):
-        course.folder_run(digits, preset="smoke")
+        notebook_runs.folder_run(digits, preset="smoke")
 
 
 def test_preset_data_is_the_runs_training_subset(cache):
-    data = course.preset_data("smoke")
-    run = course.course_run("ce", preset="smoke", progress=False)
+    data = notebook_runs.preset_data("smoke")
+    run = notebook_runs.course_run("ce", preset="smoke", progress=False)
     assert np.array_equal(data.train_labels, run.dataset().train_labels)
     assert np.array_equal(data.train_images, run.dataset().train_images)
-    assert course.projection_cache().parent == cache
+    assert notebook_runs.projection_cache().parent == cache
 
 
 def test_flip_maps_of_the_course_data_sets():
-    assert course.flip_map("fashion-mnist") == noise.FASHION_MNIST_FLIP_MAP
-    digits_map = course.flip_map("digits")
+    assert notebook_runs.flip_map("fashion-mnist") == noise.FASHION_MNIST_FLIP_MAP
+    digits_map = notebook_runs.flip_map("digits")
     assert len(digits_map) == 5 and all(s != d for s, d in digits_map.items())
     with pytest.raises(ValueError, match="no flip map"):
-        course.flip_map("cifar10")
+        notebook_runs.flip_map("cifar10")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moit_explore import datasets
-from moit_explore.datasets import (
+from moit_explore.maths.noise import CIFAR100_COARSE
+from moit_explore.training import datasets
+from moit_explore.training.datasets import (
     DataNotFoundError,
     DatasetBundle,
     channel_stats,
@@ -21,7 +22,6 @@ from moit_explore.datasets import (
     read_idx,
     subset,
 )
-from moit_explore.noise import CIFAR100_COARSE
 
 # ----------------------------------------------------------------------------- fixtures
 

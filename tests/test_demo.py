@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from moit_explore import demo, noise
+from moit_explore.course import demo
+from moit_explore.maths import noise
 
 
 def _summary(ce_fit: float, ce_last: float, ce_best: float, moit: float, plus: float):

@@ -9,18 +9,16 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from moit_explore import detection as det
-from moit_explore import neighbors
-from moit_explore.detection import (
-    Neighbors,
+from moit_explore.maths import neighbors
+from moit_explore.maths.detection import (
     detect_from_neighbors,
     detect_noise,
     detection_metrics,
-    knn_search,
     knn_soft_labels,
     select_clean,
     soft_labels_from_neighbors,
 )
+from moit_explore.maths.neighbors import Neighbors, knn_search
 
 HAS_FAISS = neighbors.faiss_available()
 needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="faiss-cpu not installed")
@@ -454,7 +452,7 @@ def test_ivf_fills_rows_the_probed_lists_cannot(monkeypatch):
 
 
 def test_ivf_settings_rule():
-    assert det.ivf_settings(200_000) == (1789, neighbors.IVF_NPROBE, 114_496)
-    assert det.ivf_settings(1_000_000) == (4000, neighbors.IVF_NPROBE, 256_000)
-    nlist, nprobe, n_train = det.ivf_settings(20_000)
+    assert neighbors.ivf_settings(200_000) == (1789, neighbors.IVF_NPROBE, 114_496)
+    assert neighbors.ivf_settings(1_000_000) == (4000, neighbors.IVF_NPROBE, 256_000)
+    nlist, nprobe, n_train = neighbors.ivf_settings(20_000)
     assert nlist == 20_000 // 39 and n_train == 20_000 and nprobe <= nlist  # 39 per list

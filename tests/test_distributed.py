@@ -1,4 +1,4 @@
-"""Data-parallel MOIT under torchrun (moit_explore.distributed): 2 CPU processes with gloo.
+"""Data-parallel MOIT under torchrun (moit_explore.training.distributed): 2 CPU processes with gloo.
 
 The torchrun runs are subprocesses (``python -m torch.distributed.run --standalone
 --nproc_per_node=2 -m moit_explore train --preset smoke ...``), OMP_NUM_THREADS=1.
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from moit_explore import config, distributed, train
+from moit_explore.training import config, distributed, train
 
 # per-epoch losses: the sharded forward and the global batch norm change float rounding only
 LOSS_RTOL = 1e-5

@@ -18,7 +18,8 @@ import contextlib
 import pytest
 import torch
 
-from moit_explore import config, losses, pipelines, runs, steps, train
+from moit_explore.maths import losses
+from moit_explore.training import config, pipelines, runs, steps, train
 
 READS = [(torch.Tensor, name) for name in ("item", "tolist", "numpy", "cpu", "equal", "__int__",
                                            "__float__", "__bool__", "__index__")]

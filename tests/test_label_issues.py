@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moit_explore import analysis, detection, label_issues
+from moit_explore.analysis import label_issues
+from moit_explore.maths import detection, neighbors
 
 
 def clusters(sizes, dim=8, seed=0, spread=0.05):
@@ -29,18 +30,18 @@ def test_correctly_filed_imbalanced_folder_has_no_label_issues():
     """60 images of one class and 8 of another, all filed right: nothing is a label issue,
     though the class-balanced training selection leaves most of the large class out."""
     x, y = clusters([60, 8])
-    table = analysis.label_issues_table(y, x, k=20)
+    table = label_issues.label_issues_table(y, x, k=20)
     assert not table["is_label_issue"].any()
     assert (table["suggested_label"] == table["given_label"]).all()
     # the training selection is its own column, and it does leave images out
     assert "selected_for_training" in table and not table["selected_for_training"].all()
-    assert not analysis.find_label_issues(y, x, k=20).any()
+    assert not label_issues.find_label_issues(y, x, k=20).any()
 
 
 @pytest.mark.parametrize("num_classes", [None, 2, 10])
 def test_separable_95_5_has_no_issues_whatever_num_classes(num_classes):
     x, y = clusters([95, 5])
-    mask = analysis.find_label_issues(y, x, num_classes=num_classes)
+    mask = label_issues.find_label_issues(y, x, num_classes=num_classes)
     assert mask.shape == (100,) and not mask.any()
 
 
@@ -49,13 +50,14 @@ def test_moved_labels_are_the_issues_and_absent_classes_change_nothing():
     given = y.copy()
     moved = np.array([3, 90, 170])
     given[moved] = [1, 2, 0]
-    mask = analysis.find_label_issues(given, x, k=15)
+    mask = label_issues.find_label_issues(given, x, k=15)
     assert np.flatnonzero(mask).tolist() == moved.tolist()
-    wide = analysis.find_label_issues(given, x, k=15, num_classes=12)
+    wide = label_issues.find_label_issues(given, x, k=15, num_classes=12)
     assert np.array_equal(mask, wide)
-    table = analysis.label_issues_table(given, x, k=15, sort=False)
+    table = label_issues.label_issues_table(given, x, k=15, sort=False)
     assert table.loc[moved, "suggested_label"].tolist() == y[moved].tolist()
-    ranked = analysis.find_label_issues(given, x, k=15, return_indices_ranked_by="label_quality")
+    ranked = label_issues.find_label_issues(given, x, k=15,
+                                            return_indices_ranked_by="label_quality")
     assert sorted(ranked.tolist()) == moved.tolist()
 
 
@@ -69,9 +71,9 @@ def test_a_sample_whose_neighbours_all_share_its_label_is_never_an_issue():
         flip = rng.random(len(y)) < 0.15
         y[flip] = rng.integers(0, 3, flip.sum())
         for k in (3, 10, 40):
-            nb = detection.knn_search(x, k)
+            nb = neighbors.knn_search(x, k)
             unanimous = (y[nb.indices] == y[:, None]).all(axis=1)
-            mask = analysis.find_label_issues(y, x, k=k)
+            mask = label_issues.find_label_issues(y, x, k=k)
             assert not (mask & unanimous).any()
 
 
@@ -80,15 +82,15 @@ def test_issue_arrays_of_a_detection_and_its_selection():
     given = y.copy()
     given[:4] = 1
     det = detection.detect_noise(x, given, 3, k=12)
-    table = analysis.detection_issues_table(det, given, true_labels=y, sort=False)
+    table = label_issues.detection_issues_table(det, given, true_labels=y, sort=False)
     assert np.array_equal(table["selected_for_training"].to_numpy(), det.clean)
     assert np.flatnonzero(table["is_label_issue"].to_numpy()).tolist() == [0, 1, 2, 3]
     # a run's final() arrays give the same table
     final = {"soft_labels": det.soft_labels, "corrected_labels": det.corrected_labels,
              "discrepancy": det.discrepancy, "clean": det.clean,
              "first_pass_soft_labels": det.first_pass_soft_labels}
-    pd.testing.assert_frame_equal(analysis.detection_issues_table(final, given, sort=False),
-                                  analysis.detection_issues_table(det, given, sort=False))
+    pd.testing.assert_frame_equal(label_issues.detection_issues_table(final, given, sort=False),
+                                  label_issues.detection_issues_table(det, given, sort=False))
 
 
 @pytest.mark.parametrize("text", ["=HYPERLINK(\"http://x\",\"y\")", "+x", "-x", "@x",
@@ -98,8 +100,8 @@ def test_csv_cells_are_escaped_against_formula_injection(tmp_path, text):
     names = [text, "plain"]
     paths = [f"/data/{names[c]}/{text}{i}.png" if i == 0 else f"{text}{i}.png"
              for i, c in enumerate(y)]
-    table = analysis.label_issues_table(y, x, k=5, class_names=names, paths=paths, sort=False)
-    out = analysis.export_label_issues(table, tmp_path / "issues.csv")
+    table = label_issues.label_issues_table(y, x, k=5, class_names=names, paths=paths, sort=False)
+    out = label_issues.export_label_issues(table, tmp_path / "issues.csv")
     back = pd.read_csv(out, index_col="sample", keep_default_na=False)
     assert back.loc[0, "given_name"] == "'" + text
     assert back.loc[1, "path"] == "'" + f"{text}1.png"

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moit_explore.losses import (
+from moit_explore.maths.losses import (
     classification_loss,
     classification_loss_terms,
     icl_loss,
@@ -18,7 +18,7 @@ from moit_explore.losses import (
     mixup_ce,
     supcon_loss,
 )
-from moit_explore.memory import CrossBatchMemory, MemoryView
+from moit_explore.maths.memory import CrossBatchMemory, MemoryView
 
 # --------------------------------------------------------------------------- loop references
 

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from moit_explore.memory import CrossBatchMemory, MemoryView, memory_size
+from moit_explore.maths.memory import CrossBatchMemory, MemoryView, memory_size
 
 
 def _batch(n: int, dim: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from moit_explore.models import (
+from moit_explore.maths.models import (
     PreActBlock,
     PreActResNet18,
     SmallConvNet,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from moit_explore.noise import (
+from moit_explore.maths.noise import (
     CIFAR10_FLIP_MAP,
     CIFAR100_COARSE,
     FASHION_MNIST_FLIP_MAP,

@@ -81,7 +81,7 @@ def test_first_code_cell_is_the_parameters_cell(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_no_functions_or_classes_in_code_cells(name):
-    """Algorithm code belongs in the package; notebooks call it (and share via course.py)."""
+    """Algorithm code belongs in the package; notebooks call it (and share via notebook_runs.py)."""
     for i, cell in enumerate(_code_cells(_load(name))):
         tree = ast.parse(_source(cell))
         defs = [n for n in ast.walk(tree) if isinstance(n, DEFINITIONS)]
@@ -91,15 +91,16 @@ def test_no_functions_or_classes_in_code_cells(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_teaches_and_checks(name):
-    """Each notebook is a lesson: markdown, figures from viz, and assert cells on the numbers."""
+    """Each notebook is a lesson: markdown, figures, and assert cells on the numbers."""
     nb = _load(name)
     md = [c for c in nb["cells"] if c["cell_type"] == "markdown"]
     code = "\n".join(_source(c) for c in _code_cells(nb))
     assert _source(md[0]).lstrip().startswith("# "), f"{name} starts with a title"
     assert sum(len(_source(c)) for c in md) > 1500, f"{name}: explain more in markdown"
-    assert "viz." in code or "widgets." in code, f"{name} shows no figure"
+    assert "figures." in code or "widgets." in code, f"{name} shows no figure"
     assert any("assert " in _source(c) for c in _code_cells(nb)), f"{name} checks nothing"
-    assert "course." in code, f"{name}: reach training runs and the smoke switch via course"
+    assert "notebook_runs." in code, (f"{name}: reach training runs and the smoke switch via "
+                                      "notebook_runs")
 
 
 def _takeaway_asserts(code: str) -> list[tuple[str, bool]]:
@@ -164,8 +165,8 @@ def _smoke_flag(value: str | None) -> bool:
     if value is not None:
         env["MOIT_SMOKE"] = value
     out = subprocess.run(
-        [sys.executable, "-c", "from moit_explore import course; "
-                               "print(course.SMOKE, course.preset())"],
+        [sys.executable, "-c", "from moit_explore.course import notebook_runs; "
+                               "print(notebook_runs.SMOKE, notebook_runs.preset())"],
         env=env, capture_output=True, text=True, check=True, cwd=ROOT)
     smoke, preset = out.stdout.split()
     assert preset == ("digits" if smoke == "True" else "cpu-demo")
@@ -179,10 +180,11 @@ def test_moit_smoke_switches_the_course_to_smoke_mode():
 
 
 def test_parameter_cell_can_force_the_mode():
-    from moit_explore import config, course
+    from moit_explore.course import notebook_runs
+    from moit_explore.training import config
 
-    assert course.preset(True) == "digits"
-    assert course.preset(False) == "cpu-demo"
-    assert course.preset(None) == ("digits" if course.SMOKE else "cpu-demo")
-    assert "'digits'" in course.expected_time("digits")
+    assert notebook_runs.preset(True) == "digits"
+    assert notebook_runs.preset(False) == "cpu-demo"
+    assert notebook_runs.preset(None) == ("digits" if notebook_runs.SMOKE else "cpu-demo")
+    assert "'digits'" in notebook_runs.expected_time("digits")
     assert config.preset("digits").k < 1437 // 10  # a k that fits the digits' classes

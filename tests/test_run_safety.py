@@ -21,7 +21,9 @@ import pandas as pd
 import pytest
 import torch
 
-from moit_explore import cli, config, datasets, noise, runs, train
+from moit_explore import cli
+from moit_explore.maths import noise
+from moit_explore.training import config, datasets, runs, train
 
 SMOKE = ["--preset", "smoke", "--epochs", "2", "--lr-milestones", "1", "--no-progress"]
 
@@ -124,7 +126,7 @@ def test_finetune_locks_the_run_it_reads(capsys, run_copy):
 def test_the_lock_is_held_across_processes_and_released_when_one_dies(tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    code = ("import os, sys, time; from moit_explore import runs\n"
+    code = ("import os, sys, time; from moit_explore.training import runs\n"
             f"ctx = runs.lock_run_dir({str(run_dir)!r}); ctx.__enter__()\n"
             "print('locked', flush=True); sys.stdin.readline(); os._exit(9)\n")
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,

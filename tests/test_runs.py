@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from moit_explore import datasets, noise, runs
+from moit_explore.maths import noise
+from moit_explore.training import datasets, runs
 
 
 def test_create_run_dir_refuses_non_empty_and_names_the_fixes(tmp_path):

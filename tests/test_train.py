@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from moit_explore import config, datasets, engine, noise, pipelines, runs, steps, train
+from moit_explore.maths import noise
+from moit_explore.training import config, datasets, engine, pipelines, runs, steps, train
 
 METRIC_KEYS = {"epoch", "lr", "loss", "train_acc_given", "train_acc_true", "test_acc",
                "det_precision", "det_recall", "det_f1", "det_auroc", "det_selected_frac",
@@ -75,7 +76,7 @@ def test_moit_uses_memory_and_label_correction_when_scheduled(method_runs):
 
 
 def test_memory_filled_every_step_used_after_xbm_begin():
-    from moit_explore.memory import CrossBatchMemory
+    from moit_explore.maths.memory import CrossBatchMemory
 
     cfg = config.preset("smoke", xbm_begin=2)
     mem = CrossBatchMemory(size=12, dim=2)
@@ -314,7 +315,7 @@ def test_finetune_refuses_an_unfinished_run(tmp_path):
 
 
 def _step_ctx(epoch, clean=None, memory=None, **cfg_kw):
-    from moit_explore import models
+    from moit_explore.maths import models
 
     torch.manual_seed(0)
     model = models.build_model("small_cnn", 3, 1, width=4, embed_dim=8).eval()  # BN fixed
@@ -326,8 +327,8 @@ def _step_ctx(epoch, clean=None, memory=None, **cfg_kw):
 
 
 def test_moit_step_wires_views_x0_and_the_clean_mask_by_dataset_index():
-    from moit_explore import losses
-    from moit_explore.memory import CrossBatchMemory
+    from moit_explore.maths import losses
+    from moit_explore.maths.memory import CrossBatchMemory
 
     g = torch.Generator().manual_seed(1)
     B, N = 6, 20
@@ -374,7 +375,7 @@ def test_moit_step_before_correction_and_memory_is_plain_mixup():
 
 
 def test_moit_plus_step_mixup_then_hard_bootstrap_on_x0():
-    from moit_explore import losses, models
+    from moit_explore.maths import losses, models
 
     torch.manual_seed(0)
     model = models.build_model("small_cnn", 3, 1, width=4, embed_dim=8).eval()
@@ -455,7 +456,7 @@ def test_batch_bounds_keep_the_tail_as_the_release_unless_drop_last():
 @pytest.mark.parametrize("pipeline", ["gpu", "reference"])
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_an_epoch_visits_every_sample_once_unless_drop_last(pipeline, drop_last):
-    from moit_explore import augment
+    from moit_explore.maths import augment
 
     bundle = datasets.subset(datasets.load_dataset("digits"), 400, 10, seed=0)
     labels = torch.from_numpy(bundle.train_labels)

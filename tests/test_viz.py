@@ -13,7 +13,9 @@ import pytest  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from moit_explore import analysis, detection, noise, viz  # noqa: E402
+from moit_explore.analysis import label_issues, projection, reports  # noqa: E402
+from moit_explore.course import figures
+from moit_explore.maths import detection, noise
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +46,8 @@ def _metrics(n: int, offset: float = 0.0) -> pd.DataFrame:
 
 def test_plot_embedding_points_and_noisy_marks(noisy_digits):
     x, nz, _ = noisy_digits
-    proj = analysis.embedding_projection(x, method="pca")
-    fig = viz.plot_embedding(proj, nz.clean, is_noisy=nz.is_noisy, classes=list("abcdefghij"))
+    proj = projection.embedding_projection(x, method="pca")
+    fig = figures.plot_embedding(proj, nz.clean, is_noisy=nz.is_noisy, classes=list("abcdefghij"))
     _render(fig)
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     cols = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
@@ -56,23 +58,23 @@ def test_plot_embedding_points_and_noisy_marks(noisy_digits):
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "a" in legend and "noisy label" in legend
     # a subsampled projection picks its own rows of the labels
-    sub = analysis.embedding_projection(x, method="pca", subsample=100)
-    fig2 = viz.plot_embedding(sub, nz.clean, is_noisy=nz.is_noisy)
+    sub = projection.embedding_projection(x, method="pca", subsample=100)
+    fig2 = figures.plot_embedding(sub, nz.clean, is_noisy=nz.is_noisy)
     offsets = fig2.axes[0].collections[1].get_offsets()
     assert len(offsets) == nz.is_noisy[sub.indices].sum()
     with pytest.raises(ValueError, match="labels for"):
-        viz.plot_embedding(proj.coords, nz.clean[:10])
+        figures.plot_embedding(proj.coords, nz.clean[:10])
 
 
 def test_plot_embedding_into_given_ax_and_grid(noisy_digits):
     x, nz, _ = noisy_digits
-    proj = analysis.embedding_projection(x, method="pca")
+    proj = projection.embedding_projection(x, method="pca")
     fig, axes = plt.subplots(1, 2)
-    assert viz.plot_embedding(proj, nz.noisy, ax=axes[1]) is fig
+    assert figures.plot_embedding(proj, nz.noisy, ax=axes[1]) is fig
     assert len(axes[1].collections) == 1 and len(axes[0].collections) == 0
     arrays = {("supcon", 0.3): {"labels_true": nz.clean, "labels_given": nz.noisy},
               ("icl", 0.3): {"labels_true": nz.clean, "labels_given": nz.noisy}}
-    grid = viz.plot_embedding_grid({k: proj for k in arrays}, arrays, ncols=3)
+    grid = figures.plot_embedding_grid({k: proj for k in arrays}, arrays, ncols=3)
     _render(grid)
     visible = [ax for ax in grid.axes if ax.get_visible()]
     assert len(visible) == 2 and visible[0].get_title() == "supcon · 0.3"
@@ -81,19 +83,19 @@ def test_plot_embedding_into_given_ax_and_grid(noisy_digits):
 def test_plot_collapse_over_epochs_lines():
     table = pd.DataFrame({"epoch": [1, 2, 3], "knn_acc_true": [0.9, 0.8, 0.7],
                           "noisy_agree_given": [0.1, 0.3, 0.6]})
-    fig = viz.plot_collapse_over_epochs(table)
+    fig = figures.plot_collapse_over_epochs(table)
     _render(fig)
     lines = fig.axes[0].get_lines()
     assert len(lines) == 2
     assert list(lines[1].get_ydata()) == [0.1, 0.3, 0.6]
     with pytest.raises(ValueError, match="none of"):
-        viz.plot_collapse_over_epochs(table, metrics=("missing",))
+        figures.plot_collapse_over_epochs(table, metrics=("missing",))
 
 
 def test_plot_soft_label_histograms_counts(noisy_digits):
     x, nz, det = noisy_digits
-    table = analysis.detection_issues_table(det, nz.noisy, true_labels=nz.clean)
-    fig = viz.plot_soft_label_histograms(table, bins=10)
+    table = label_issues.detection_issues_table(det, nz.noisy, true_labels=nz.clean)
+    fig = figures.plot_soft_label_histograms(table, bins=10)
     _render(fig)
     patches = fig.axes[0].patches
     assert len(patches) == 20
@@ -105,21 +107,21 @@ def test_plot_soft_label_histograms_counts(noisy_digits):
 
 def test_plot_discrepancy_histograms(noisy_digits):
     _, nz, det = noisy_digits
-    fig = viz.plot_discrepancy_histograms(det.discrepancy, nz.is_noisy, bins=12)
+    fig = figures.plot_discrepancy_histograms(det.discrepancy, nz.is_noisy, bins=12)
     assert sum(p.get_height() for p in fig.axes[0].patches) == len(nz.noisy)
 
 
 def test_plot_pr_roc_marks_operating_point(noisy_digits):
     _, nz, det = noisy_digits
-    fig = viz.plot_pr_roc(nz.is_noisy, det.discrepancy, det.clean)
+    fig = figures.plot_pr_roc(nz.is_noisy, det.discrepancy, det.clean)
     _render(fig)
     assert len(fig.axes) == 2
-    rep = analysis.detection_report(det.clean, nz.is_noisy, det.discrepancy)
+    rep = reports.detection_report(det.clean, nz.is_noisy, det.discrepancy)
     pr_point = fig.axes[0].get_lines()[-1]
     assert pr_point.get_xdata()[0] == pytest.approx(rep["recall"])
     assert pr_point.get_ydata()[0] == pytest.approx(rep["precision"])
     roc_line = fig.axes[1].get_lines()[0]
-    fpr, tpr, _ = analysis.roc_curve(nz.is_noisy, det.discrepancy)
+    fpr, tpr, _ = reports.roc_curve(nz.is_noisy, det.discrepancy)
     assert np.allclose(roc_line.get_xdata(), fpr) and np.allclose(roc_line.get_ydata(), tpr)
     assert f"AUROC {rep['auroc']:.3f}" in [t.get_text() for t in fig.axes[1].get_legend().texts]
 
@@ -129,7 +131,7 @@ def test_plot_pr_roc_operating_point_uses_the_shared_prf(noisy_digits):
     detection.detection_metrics and the widgets do, instead of a made-up 0."""
     _, nz, det = noisy_digits
     everything_clean = np.ones_like(det.clean)
-    fig = viz.plot_pr_roc(nz.is_noisy, det.discrepancy, everything_clean)
+    fig = figures.plot_pr_roc(nz.is_noisy, det.discrepancy, everything_clean)
     ref = detection.detection_metrics(everything_clean, nz.is_noisy)
     assert np.isnan(ref["precision"]) and ref["recall"] == 0.0
     pr_point = fig.axes[0].get_lines()[-1]
@@ -137,7 +139,7 @@ def test_plot_pr_roc_operating_point_uses_the_shared_prf(noisy_digits):
     roc_point = fig.axes[1].get_lines()[-1]
     assert roc_point.get_xdata()[0] == 0.0 and roc_point.get_ydata()[0] == 0.0
     # a real selection: the marked point is detection_metrics' precision / recall
-    fig = viz.plot_pr_roc(nz.is_noisy, det.discrepancy, det.clean)
+    fig = figures.plot_pr_roc(nz.is_noisy, det.discrepancy, det.clean)
     ref = detection.detection_metrics(det.clean, nz.is_noisy)
     pr_point = fig.axes[0].get_lines()[-1]
     assert pr_point.get_ydata()[0] == ref["precision"]
@@ -146,41 +148,41 @@ def test_plot_pr_roc_operating_point_uses_the_shared_prf(noisy_digits):
 
 def test_plot_confusion_and_transition_cells():
     m = np.array([[5, 1, 0], [2, 7, 1], [0, 0, 9]])
-    fig = viz.plot_confusion(m, ["a", "b", "c"])
+    fig = figures.plot_confusion(m, ["a", "b", "c"])
     _render(fig)
     ax = fig.axes[0]
     assert np.array_equal(ax.images[0].get_array(), m)
     assert sorted(t.get_text() for t in ax.texts) == sorted(str(v) for v in m.ravel())
-    norm = viz.plot_confusion(m, normalize=True)
+    norm = figures.plot_confusion(m, normalize=True)
     assert np.allclose(norm.axes[0].images[0].get_array().sum(axis=1), 1)
     t = np.array([[0.6, 0.4, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 0.8]])
-    fig = viz.plot_transition_matrix(t, ["a", "b", "c"], title="T")
+    fig = figures.plot_transition_matrix(t, ["a", "b", "c"], title="T")
     _render(fig)
     assert len(fig.axes[0].texts) == 5  # the non-zero cells
     assert fig.axes[0].get_title() == "T"
     with pytest.raises(ValueError, match="square"):
-        viz.plot_transition_matrix(np.ones((2, 3)))
+        figures.plot_transition_matrix(np.ones((2, 3)))
 
 
 def test_training_and_detection_curves():
     runs = {"CE": _metrics(5), "MOIT": _metrics(7, 0.1), "mixup": _metrics(3)}
-    fig = viz.plot_training_curves(runs)
+    fig = figures.plot_training_curves(runs)
     _render(fig)
     lines = fig.axes[0].get_lines()
     assert len(lines) == 3 and len(lines[1].get_xdata()) == 7
     assert [t.get_text() for t in fig.axes[0].get_legend().texts] == ["CE", "MOIT", "mixup"]
     runs["CE"] = runs["CE"].drop(columns=["det_precision", "det_recall", "det_f1"])
-    fig = viz.plot_detection_curves(runs)
+    fig = figures.plot_detection_curves(runs)
     _render(fig)
     assert len(fig.axes) == 3
     assert all(len(ax.get_lines()) == 2 for ax in fig.axes)  # CE has no detection
     assert list(fig.axes[2].get_lines()[0].get_ydata()) == list(runs["MOIT"]["det_f1"])
     with pytest.raises(ValueError, match="no run has"):
-        viz.plot_detection_curves({"CE": runs["CE"]})
+        figures.plot_detection_curves({"CE": runs["CE"]})
 
 
 def test_plot_memorization():
-    fig = viz.plot_memorization(_metrics(4), noise_rate=0.4)
+    fig = figures.plot_memorization(_metrics(4), noise_rate=0.4)
     _render(fig)
     lines = fig.axes[0].get_lines()
     assert len(lines) == 4  # given, true, test, and the 1 - noise rate line
@@ -189,7 +191,7 @@ def test_plot_memorization():
 
 def test_image_grid_and_flagged_images(fashion_mnist):
     imgs = fashion_mnist.train_images[:11]
-    fig = viz.plot_image_grid(imgs, titles=[f"#{i}" for i in range(11)], ncols=4)
+    fig = figures.plot_image_grid(imgs, titles=[f"#{i}" for i in range(11)], ncols=4)
     _render(fig)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(fig.axes) == 12 and len(visible) == 11
@@ -197,7 +199,7 @@ def test_image_grid_and_flagged_images(fashion_mnist):
     assert visible[10].get_title() == "#10"
     given = fashion_mnist.train_labels[:11]
     suggested = (given + 1) % 10
-    fig = viz.plot_flagged_images(imgs, given, suggested, fashion_mnist.classes,
+    fig = figures.plot_flagged_images(imgs, given, suggested, fashion_mnist.classes,
                                   indices=[4, 2], true=given)
     _render(fig)
     assert len(fig.axes) == 2
@@ -205,7 +207,7 @@ def test_image_grid_and_flagged_images(fashion_mnist):
     assert f"given {fashion_mnist.classes[given[4]]}" in title
     assert f"sugg. {fashion_mnist.classes[suggested[4]]}" in title
     with pytest.raises(ValueError, match="titles for"):
-        viz.plot_image_grid(imgs, titles=["x"])
+        figures.plot_image_grid(imgs, titles=["x"])
 
 
 def test_plot_neighbors_and_soft_labels(digits):
@@ -213,7 +215,7 @@ def test_plot_neighbors_and_soft_labels(digits):
     true = y.copy()
     given = y.copy()
     given[5] = (given[5] + 1) % 10
-    fig = viz.plot_neighbors(imgs, 0, [5, 6, 7], given, classes=digits.classes,
+    fig = figures.plot_neighbors(imgs, 0, [5, 6, 7], given, classes=digits.classes,
                              true_labels=true)
     _render(fig)
     visible = [ax for ax in fig.axes if ax.get_visible()]
@@ -221,7 +223,7 @@ def test_plot_neighbors_and_soft_labels(digits):
     assert visible[0].get_title().startswith("query")
     assert "(true" in visible[1].get_title() and "(true" not in visible[2].get_title()
     p = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]])
-    fig = viz.plot_soft_labels(p, given=[0, 1], true=[1, 1], classes=["a", "b", "c"])
+    fig = figures.plot_soft_labels(p, given=[0, 1], true=[1, 1], classes=["a", "b", "c"])
     _render(fig)
     heights = [b.get_height() for b in fig.axes[0].patches]
     assert np.allclose(heights, p[0])
@@ -231,7 +233,7 @@ def test_plot_neighbors_and_soft_labels(digits):
 def test_plot_knn_over_epochs_one_line_per_run_and_the_shown_epoch():
     a = pd.DataFrame({"epoch": [1, 3, 5], "knn_acc_true": [0.5, 0.7, 0.6]})
     b = pd.DataFrame({"epoch": [1, 3, 5], "knn_acc_true": [0.4, 0.8, 0.9]})
-    fig = viz.plot_knn_over_epochs({"supcon": a, "icl": b}, epoch=3)
+    fig = figures.plot_knn_over_epochs({"supcon": a, "icl": b}, epoch=3)
     _render(fig)
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
@@ -239,14 +241,14 @@ def test_plot_knn_over_epochs_one_line_per_run_and_the_shown_epoch():
     assert list(lines["icl"].get_ydata()) == [0.4, 0.8, 0.9]
     assert list(lines["shown"].get_xdata()) == [3, 3]
     with pytest.raises(ValueError, match="knn_acc_given"):
-        viz.plot_knn_over_epochs({"a": a}, "knn_acc_given")
+        figures.plot_knn_over_epochs({"a": a}, "knn_acc_given")
 
 
 def test_plot_per_class_detection_bars(noisy_digits):
     _, nz, det = noisy_digits
-    tables = {balance: analysis.per_class_detection(clean, nz.is_noisy, nz.noisy, 10)
+    tables = {balance: reports.per_class_detection(clean, nz.is_noisy, nz.noisy, 10)
               for balance, clean in (("median", det.clean), ("none", det.agree))}
-    fig = viz.plot_per_class_detection(tables, ("precision", "recall", "n_selected"))
+    fig = figures.plot_per_class_detection(tables, ("precision", "recall", "n_selected"))
     _render(fig)
     assert len(fig.axes) == 3
     bars = fig.axes[2].patches  # n_selected: 10 classes x 2 tables
@@ -254,4 +256,4 @@ def test_plot_per_class_detection_bars(noisy_digits):
     heights = sorted(b.get_height() for b in bars[:10])
     assert heights == sorted(tables["median"]["n_selected"].astype(float))
     with pytest.raises(ValueError, match="no tables"):
-        viz.plot_per_class_detection({})
+        figures.plot_per_class_detection({})

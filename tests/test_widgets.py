@@ -13,7 +13,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from moit_explore import analysis, detection, noise, runs, validation, widgets  # noqa: E402
+from moit_explore.analysis import collapse, label_issues, projection  # noqa: E402
+from moit_explore.course import widgets
+from moit_explore.maths import detection, neighbors, noise, validation
+from moit_explore.training import runs
 
 K_MAX = 60
 
@@ -24,7 +27,7 @@ def setup(digits):
     pixels = digits.train_images.reshape(len(digits.train_labels), -1) / 16.0
     feats = PCA(20, random_state=0).fit_transform(pixels).astype(np.float32)
     nz = noise.inject_noise(digits.train_labels, "symmetric", 0.3, 10, seed=0)
-    nb = detection.knn_search(feats, K_MAX, backend="torch")
+    nb = neighbors.knn_search(feats, K_MAX, backend="torch")
     return feats, nz, nb
 
 
@@ -69,7 +72,7 @@ def test_k_slider_without_true_labels(setup):
     assert set(panel.histograms) == {"edges", "selected", "not selected"}
     assert panel.histograms["not selected"].sum() == m["n_not_selected"]
     # label issues are the label-issue table's verdict, not the training selection
-    table = analysis.detection_issues_table(panel.detection, nz.noisy, sort=False)
+    table = label_issues.detection_issues_table(panel.detection, nz.noisy, sort=False)
     assert m["n_label_issues"] == int(table["is_label_issue"].sum())
 
 
@@ -223,7 +226,7 @@ def test_epoch_panel_metrics_and_compare(tmp_path, setup):
     panel = widgets.EpochPanel(run, compare=other, k=10, subsample=300)
     assert panel.epochs == [1, 3] and panel.epoch == 3
     out = panel.update(1)
-    ref = analysis.collapse_metrics(run.snapshot(1)["features"], given, true, k=10)
+    ref = collapse.collapse_metrics(run.snapshot(1)["features"], given, true, k=10)
     for key, value in ref.items():
         assert out[key] == pytest.approx(value)
     assert out["compare"]["epoch"] == 2  # the other run's nearest snapshot
@@ -246,8 +249,8 @@ def test_epoch_panel_takes_k_from_the_run_config(tmp_path, setup):
     run = _write_run(tmp_path, "r", nz.noisy, nz.clean, {1: feats}, feats, config={"k": 7})
     assert run.k == 7 and runs.load_run(run.path).k == 7
     panel = widgets.EpochPanel(run, subsample=200)
-    ref = analysis.collapse_metrics(run.snapshot(1)["features"], nz.noisy, nz.clean, k=7)
-    other_k = analysis.collapse_metrics(run.snapshot(1)["features"], nz.noisy, nz.clean, k=30)
+    ref = collapse.collapse_metrics(run.snapshot(1)["features"], nz.noisy, nz.clean, k=7)
+    other_k = collapse.collapse_metrics(run.snapshot(1)["features"], nz.noisy, nz.clean, k=30)
     out = panel.update(1)
     for key, value in ref.items():
         assert out[key] == pytest.approx(value)
@@ -255,7 +258,7 @@ def test_epoch_panel_takes_k_from_the_run_config(tmp_path, setup):
     # a run directory without k in its config: the one default
     bare = _write_run(tmp_path, "bare", nz.noisy, nz.clean, {}, feats)
     assert bare.k is None
-    default = analysis.collapse_metrics(feats, nz.noisy, nz.clean,
+    default = collapse.collapse_metrics(feats, nz.noisy, nz.clean,
                                         k=validation.default_k(nz.noisy))
     assert widgets.EpochPanel(bare, subsample=200).last["knn_acc_true"] == pytest.approx(
         default["knn_acc_true"])
@@ -275,7 +278,7 @@ def test_epoch_panel_draws_the_knn_curve_of_every_snapshot(tmp_path, setup):
     curve = panel.curve("run")
     assert list(curve["epoch"]) == [1, 2, 3, 4] and panel.curve_metric == "knn_acc_true"
     for epoch in (1, 4):
-        ref = analysis.collapse_metrics(run.snapshot(epoch)["features"], given, true, k=10)
+        ref = collapse.collapse_metrics(run.snapshot(epoch)["features"], given, true, k=10)
         row = curve.set_index("epoch").loc[epoch]
         assert row["knn_acc_true"] == pytest.approx(ref["knn_acc_true"])
     # the snapshots follow the true labels, then the given ones: the curve shows the collapse
@@ -296,7 +299,7 @@ def test_epoch_panel_frame_is_the_static_projection(tmp_path, setup):
     feats, nz, _ = setup
     run = _write_run(tmp_path, "r", nz.noisy[:300], nz.clean[:300], {1: feats[:300]},
                      feats[:300], config={"k": 10})
-    static = analysis.embedding_projection(run.snapshot(1)["features"], method="pca", seed=0,
+    static = projection.embedding_projection(run.snapshot(1)["features"], method="pca", seed=0,
                                            cache_path=tmp_path / "proj")
     panel = widgets.EpochPanel(run, method="pca", subsample=None, cache_path=tmp_path / "proj")
     assert np.array_equal(panel.projections["run"].coords, static.coords)

@@ -92,7 +92,7 @@ def check_k(k: Any, n: int, *, k_max: int | None = None, self_excluded: bool = T
             raise ValueError(f"{name}={k} is out of range: the neighbour table holds "
                              f"k_max={k_max} neighbours per sample, so {name} must be in "
                              f"[1, {k_max}]; search more neighbours first "
-                             f"(detection.knn_search(features, k={k}))")
+                             f"(neighbors.knn_search(features, k={k}))")
         return k
     if not self_excluded:
         if not 1 <= k <= n:

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import normalize
 
-from moit_explore.validation import check_features
+from moit_explore.maths.validation import check_features
 
 __all__ = ["Projection", "embedding_projection"]
 

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moit_explore import detection, runs
-from moit_explore.validation import (
+from moit_explore.maths import detection
+from moit_explore.maths.validation import (
     check_choice,
     check_features,
     check_labels,
@@ -41,6 +41,7 @@ from moit_explore.validation import (
     check_num_classes,
     default_k,
 )
+from moit_explore.training import runs
 
 __all__ = [
     "RANKINGS",

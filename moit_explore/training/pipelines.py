@@ -1,7 +1,7 @@
 """Data pipelines: a training set in batches of augmented views (spec §2, §4).
 
 "gpu" (:class:`GpuPipeline`, the default): the whole data set is one uint8 NCHW tensor on the
-device, augmented in batches there (:mod:`moit_explore.augment`), no per-sample Python work.
+device, augmented in batches there (:mod:`moit_explore.maths.augment`), no per-sample Python work.
 "reference" (:class:`ReferencePipeline`): torchvision transforms on PIL images in DataLoader
 workers, fp32, the usual way; ``benchmarks/bench_epoch.py`` compares the two.
 
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from moit_explore import augment
+from moit_explore.maths import augment
 
 __all__ = [
     "Batch",

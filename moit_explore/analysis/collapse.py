@@ -5,8 +5,9 @@ kNN accuracy (:func:`knn_predict`, :func:`knn_accuracy`), where the noisy sample
 them from one neighbour search (:func:`collapse_metrics`), over a run's snapshots
 (:func:`collapse_over_epochs`) and across runs (:func:`knn_accuracy_table`).
 
-The neighbour search and the vote are the detection's (:func:`detection.knn_search`,
-:func:`detection.majority_vote`). k: a run's own k where a run is at hand, else
+The neighbour search and the vote are the detection's
+(:func:`~moit_explore.maths.neighbors.knn_search`, :func:`detection.majority_vote`). k: a run's
+own k where a run is at hand, else
 :func:`validation.default_k` of the labels.
 """
 
@@ -20,14 +21,16 @@ import pandas as pd
 from sklearn.preprocessing import normalize
 from tqdm.auto import tqdm
 
-from moit_explore import detection, runs
-from moit_explore.validation import (
+from moit_explore.maths import detection
+from moit_explore.maths.neighbors import Neighbors, knn_search
+from moit_explore.maths.validation import (
     check_features,
     check_k,
     check_labels,
     check_num_classes,
     default_k,
 )
+from moit_explore.training import runs
 
 __all__ = [
     "class_distance_ratio",
@@ -42,16 +45,16 @@ __all__ = [
 
 
 def _vote(x: np.ndarray, y: np.ndarray, c: int, k: int | None, queries: np.ndarray | None,
-          neighbors: detection.Neighbors | None = None) -> np.ndarray:
+          neighbors: Neighbors | None = None) -> np.ndarray:
     """Majority given label of the k nearest rows of ``x`` (checked arrays): leave-one-out
     without ``queries``; ``neighbors`` (of ``x`` itself) skips the search when wide enough."""
     n = x.shape[0]
     k = default_k(y) if k is None else check_k(k, n, self_excluded=queries is None,
                                                samples="training samples")
     if queries is not None:
-        neighbors = detection.knn_search(x, k, queries=queries, backend="torch")
+        neighbors = knn_search(x, k, queries=queries, backend="torch")
     elif neighbors is None or neighbors.k_max < k:
-        neighbors = detection.knn_search(x, k, backend="torch")
+        neighbors = knn_search(x, k, backend="torch")
     return detection.majority_vote(neighbors.indices, y, c, k)
 
 
@@ -148,7 +151,7 @@ def noisy_neighbourhood(
     true: Any,
     k: int | None = None,
     *,
-    neighbors: detection.Neighbors | None = None,
+    neighbors: Neighbors | None = None,
 ) -> dict[str, float]:
     """Where do the NOISY samples sit? The memorisation (collapse) signal.
 
@@ -156,7 +159,7 @@ def noisy_neighbourhood(
     samples. Returns agree_given (fraction whose neighbourhood backs the wrong given label:
     the embedding memorised it), agree_true (fraction whose neighbourhood says the true class:
     the embedding is robust) and n_noisy. Fractions are NaN without noisy samples.
-    ``neighbors`` (detection.knn_search of ``features``) skips the search.
+    ``neighbors`` (knn_search of ``features``) skips the search.
     """
     x = check_features(features)
     g = check_labels(given, x.shape[0], name="given")

@@ -1,15 +1,18 @@
 """Training entry points: MOIT (spec §2-3) and its baselines, and MOIT+ (spec §4).
 
-:func:`train` runs one configuration into a new run directory (see :mod:`moit_explore.runs`);
+:func:`train` runs one configuration into a new run directory (see
+:mod:`moit_explore.training.runs`);
 :func:`finetune` runs MOIT+ from a finished run into its ``finetune/`` folder; :func:`resume`
 continues either from its checkpoint, on the same trajectory. All three build a
-:class:`~moit_explore.engine.Session` and hand it to the one epoch loop,
-:func:`moit_explore.engine.run`; MOIT+ is one more method of it (``"moit+"`` in
-:data:`moit_explore.steps.STEPS`), with the same checkpoints, metrics, snapshots and final file.
+:class:`~moit_explore.training.engine.Session` and hand it to the one epoch loop,
+:func:`moit_explore.training.engine.run`; MOIT+ is one more method of it (``"moit+"`` in
+:data:`moit_explore.training.steps.STEPS`), with the same checkpoints, metrics, snapshots and final
+file.
 
-Where things are: the data set and its noise, :func:`moit_explore.datasets.load_data`; the
-batches, :mod:`moit_explore.pipelines`; the loss of each method's step (the MOIT step reads
-``L = L_ICL + L_CLS``), :mod:`moit_explore.steps`; the epoch loop, :mod:`moit_explore.engine`.
+Where things are: the data set and its noise, :func:`moit_explore.training.datasets.load_data`; the
+batches, :mod:`moit_explore.training.pipelines`; the loss of each method's step (the MOIT step reads
+``L = L_ICL + L_CLS``), :mod:`moit_explore.training.steps`; the epoch loop,
+:mod:`moit_explore.training.engine`.
 """
 
 from __future__ import annotations
@@ -27,12 +30,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from moit_explore import distributed, engine, memory, models, runs
-from moit_explore.config import FinetuneConfig, TrainConfig, finetune_preset, finetune_preset_for
-from moit_explore.config import preset as make_preset
-from moit_explore.datasets import load_data
-from moit_explore.engine import EpochCallback, Session, embed, resolve_device
-from moit_explore.pipelines import GpuPipeline, ReferencePipeline, augment_for, device_data
+from moit_explore.maths import memory, models
+from moit_explore.training import distributed, engine, runs
+from moit_explore.training.config import (
+    FinetuneConfig,
+    TrainConfig,
+    finetune_preset,
+    finetune_preset_for,
+)
+from moit_explore.training.config import preset as make_preset
+from moit_explore.training.datasets import load_data
+from moit_explore.training.engine import EpochCallback, Session, embed, resolve_device
+from moit_explore.training.pipelines import GpuPipeline, ReferencePipeline, augment_for, device_data
 
 __all__ = [
     "FINETUNE_RESUMABLE_FIELDS",
@@ -81,7 +90,8 @@ def train(cfg: TrainConfig | None = None, progress: bool | None = None, *,
     data: ``(DatasetBundle, NoisyLabels)`` to train on instead of loading ``cfg.dataset``
     (benchmarks on synthetic data; such a run cannot be resumed or reloaded by name).
     The configuration is validated before any data is loaded or any epoch runs.
-    Under torchrun the run is data-parallel (:mod:`moit_explore.distributed`); rank 0 creates
+    Under torchrun the run is data-parallel (:mod:`moit_explore.training.distributed`); rank 0
+    creates
     and writes the run directory.
     """
     cfg = _resolved_paths(_build_config(cfg, preset, overrides).validate())

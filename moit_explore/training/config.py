@@ -25,7 +25,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from moit_explore.validation import (
+from moit_explore.maths.validation import (
     BACKEND_CHOICES,
     BALANCE_CHOICES,
     DEFAULT_K,
@@ -57,7 +57,7 @@ PIPELINE_CHOICES = ("gpu", "reference")
 FEATURE_CHOICES = ("auto", "z", "h")
 AUGMENT_CHOICES = ("auto", "complex", "simple", "none")
 FINETUNE_AUGMENT_CHOICES = ("simple", "none")
-DIST_BN_CHOICES = ("sync", "per-rank")  # moit_explore.distributed.BN_CHOICES
+DIST_BN_CHOICES = ("sync", "per-rank")  # moit_explore.training.distributed.BN_CHOICES
 _DATASETS = ("digits", "fashion-mnist", "fmnist", "fashionmnist", "cifar10", "cifar-10",
              "cifar100", "cifar-100")
 

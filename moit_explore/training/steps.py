@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moit_explore import losses
-from moit_explore.pipelines import Batch
+from moit_explore.maths import losses
+from moit_explore.training.pipelines import Batch
 
 __all__ = ["STEPS", "EpochContext", "Method", "autocast", "ce_step", "icl_step",
            "memory_for", "mixup_step", "moit_plus_step", "moit_step", "supcon_step"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from moit_explore.memory import CrossBatchMemory, MemoryView
+from moit_explore.maths.memory import CrossBatchMemory, MemoryView
 
 __all__ = [
     "draw_lam",

@@ -21,8 +21,9 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from moit_explore import detection, runs
-from moit_explore.validation import check_labels, check_mask, check_num_classes
+from moit_explore.maths import detection
+from moit_explore.maths.validation import check_labels, check_mask, check_num_classes
+from moit_explore.training import runs
 
 __all__ = [
     "DETECTION_KEYS",

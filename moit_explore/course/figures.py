@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from moit_explore import detection, reports
+from moit_explore.analysis import reports
+from moit_explore.maths import detection
 
 __all__ = [
     "plot_collapse_over_epochs",

@@ -1,6 +1,6 @@
 """Run directories: what a training run writes, and :func:`load_run` to read it back.
 
-Layout of ``runs/<name>/`` (written by :mod:`moit_explore.train`)::
+Layout of ``runs/<name>/`` (written by :mod:`moit_explore.training.train`)::
 
     config.json          the TrainConfig as a dict (+ "method", "preset", "classes", ...)
     noise.npz            clean, noisy, is_noisy, transition (noise.save_noise)
@@ -41,8 +41,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from moit_explore import datasets, noise
-from moit_explore.config import TrainConfig
+from moit_explore.maths import noise
+from moit_explore.training import datasets
+from moit_explore.training.config import TrainConfig
 
 __all__ = [
     "Run",
@@ -634,7 +635,7 @@ class Run:
 
 
 def load_run(path: str | Path | Run) -> Run:
-    """Read a run directory written by :func:`moit_explore.train.train` (or its finetune/);
+    """Read a run directory written by :func:`moit_explore.training.train.train` (or its finetune/);
     a Run already read is returned as it is."""
     if isinstance(path, Run):
         return path

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moit_explore.validation import check_float, check_int, check_labels
+from moit_explore.maths.validation import check_float, check_int, check_labels
 
 __all__ = [
     "ASYMMETRIC_DATASETS",

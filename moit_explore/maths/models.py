@@ -240,6 +240,6 @@ def reset_classifier(model: nn.Module) -> None:
     if not isinstance(head, nn.Linear):
         raise ValueError(
             f"{type(model).__name__} has no nn.Linear attribute 'classifier'; pass a model "
-            "built by moit_explore.models.build_model"
+            "built by moit_explore.maths.models.build_model"
         )
     head.reset_parameters()

@@ -1,10 +1,10 @@
 """The epoch engine: one run in memory (:class:`Session`) and the epoch loop every method
-shares, MOIT+ included (:func:`run`). :mod:`moit_explore.train` builds the sessions.
+shares, MOIT+ included (:func:`run`). :mod:`moit_explore.training.train` builds the sessions.
 
 One epoch:
 
 1. train: one pass over the training set in a seeded random order, one step per batch
-   (:mod:`moit_explore.steps`). The order, the augmentation and the mixup permutations come
+   (:mod:`moit_explore.training.steps`). The order, the augmentation and the mixup permutations come
    from generators seeded by (seed, epoch), the mixing coefficients from a CPU generator
    seeded likewise (on a CPU run: the same generator), so a resumed run follows the same
    trajectory;
@@ -15,7 +15,8 @@ One epoch:
    labels. MOIT+: once, on the final features, with the base run's detection;
 4. test accuracy; one row in metrics.jsonl; snapshots; the final file; an atomic checkpoint.
 
-Under torchrun (``Session.dist``, :mod:`moit_explore.distributed`) the training model shards
+Under torchrun (``Session.dist``, :mod:`moit_explore.training.distributed`) the training model
+shards
 each global batch over the processes, the embedding is sharded and gathered, rank 0 detects
 and broadcasts the clean mask, and only rank 0 writes.
 
@@ -41,9 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from moit_explore import detection, runs
-from moit_explore.config import FinetuneConfig, TrainConfig
-from moit_explore.steps import STEPS, EpochContext, autocast
+from moit_explore.maths import detection
+from moit_explore.training import runs
+from moit_explore.training.config import FinetuneConfig, TrainConfig
+from moit_explore.training.steps import STEPS, EpochContext, autocast
 
 __all__ = ["EpochCallback", "Session", "checkpoint_state", "embed", "lr_schedule", "resolve_device",
            "restore", "run"]
@@ -180,7 +182,7 @@ def detection_row(clean: Any, discrepancy: Any, noisy: Any, true_known: bool) ->
 
 @dataclass
 class Session:
-    """Everything a run holds in memory (built by :mod:`moit_explore.train`).
+    """Everything a run holds in memory (built by :mod:`moit_explore.training.train`).
 
     cfg: what the loop follows (epochs, seed, snapshots, evaluation, the step's
     hyper-parameters): the run's TrainConfig, or for MOIT+ its FinetuneConfig. base_cfg: the

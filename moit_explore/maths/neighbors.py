@@ -2,7 +2,7 @@
 
 Every sample's ``k`` most cosine-similar OTHER samples (or a query set's neighbours among the
 samples), exact or approximate, on torch or faiss: :func:`knn_search` returns
-:class:`Neighbors`, which :func:`moit_explore.detection.detect_from_neighbors` turns into a
+:class:`Neighbors`, which :func:`moit_explore.maths.detection.detect_from_neighbors` turns into a
 detection for any k up to the searched one.
 
 Backends agree up to ties in similarity: when two candidates have exactly the same similarity,
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from moit_explore.validation import (
+from moit_explore.maths.validation import (
     BACKEND_CHOICES,
     check_choice,
     check_features,

@@ -2,7 +2,8 @@
 
 The notebooks call the package; anything two notebooks need lives here (or in ``analysis`` /
 ``viz`` when it is analysis). No algorithm code: :func:`course_run` only picks a configuration
-and calls :func:`moit_explore.train.train`, and returns the run directory it wrote, which later
+and calls :func:`moit_explore.training.train.train`, and returns the run directory it wrote, which
+later
 notebooks reuse instead of training again.
 
 Smoke mode (``MOIT_SMOKE=1``, set by ``make test``) makes every notebook finish in well under a
@@ -24,7 +25,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from moit_explore import config, datasets, noise, runs, train
+from moit_explore.maths import noise
+from moit_explore.training import config, datasets, runs, train
 
 __all__ = [
     "SMOKE",
@@ -205,14 +207,15 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
                preset: str | None = None, *, progress: bool = True, **overrides):
     """A finished training run for the course: the cached one under ``runs/course/<name>`` when
     complete and trained with the settings asked for now, else trained now with
-    :func:`moit_explore.train.train` (tqdm progress). A cached run whose config.json differs
+    :func:`moit_explore.training.train.train` (tqdm progress). A cached run whose config.json
+    differs
     (other settings, or written by a version of the package with other fields) is replaced.
 
     method: "ce" | "mixup" | "supcon" | "icl" | "moit" | "moit+" ("moit+" fine-tunes the
     cached "moit" run, into its ``finetune/`` folder). preset: default :func:`preset`
     ("digits" under ``MOIT_SMOKE=1``, else "cpu-demo"). overrides: TrainConfig fields.
     Training writes to a temporary folder renamed into place at the end, so an interrupted
-    run is never mistaken for a cached one. Returns a :class:`moit_explore.runs.Run`.
+    run is never mistaken for a cached one. Returns a :class:`moit_explore.training.runs.Run`.
     """
     preset_name = preset or _default_preset()
     if method == "moit+":

@@ -9,7 +9,8 @@ The algorithm stays the single-process MOIT at the same GLOBAL batch (``batch_si
 global batch B, whatever the number of processes W):
 
 - data: every rank draws the same epoch order, augmentation and mixup (the (seed, epoch)
-  generators, :meth:`moit_explore.engine.Session.generators`), so every rank materialises the
+  generators, :meth:`moit_explore.training.engine.Session.generators`), so every rank materialises
+  the
   whole global batch, its augmented views and their global mixup (the partner of an image may
   belong to another rank's rows; the images are resident on every device, so this costs only
   the batched augmentation). Only the network is split: :class:`ShardedForward` forwards rank
@@ -295,9 +296,10 @@ class Dist:
         return slice(start, start + sizes[self.rank])
 
     def embed(self, model: nn.Module, images: Tensor, *args: Any) -> tuple[Tensor, ...]:
-        """:func:`moit_explore.engine.embed` of every image: each rank embeds its shard, the
+        """:func:`moit_explore.training.engine.embed` of every image: each rank embeds its shard,
+        the
         shards are gathered (each image once, in dataset order)."""
-        from moit_explore.engine import embed  # noqa: PLC0415 -- engine imports this module's users
+        from moit_explore.training.engine import embed  # noqa: PLC0415 -- engine imports this module's users
 
         n = int(images.shape[0])
         if n < self.world_size:

@@ -15,8 +15,7 @@ searched and scored on its GPU and only the results come back as NumPy. The give
 never written to (the release could overwrite them through a tensor sharing NumPy memory).
 
 The neighbour search itself (exact or approximate, torch or faiss) is
-:mod:`moit_explore.neighbors`; ``Neighbors``, ``knn_search`` and ``ivf_settings`` are
-re-exported here.
+:mod:`moit_explore.maths.neighbors`.
 """
 
 from __future__ import annotations
@@ -30,10 +29,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-# Neighbors, ivf_settings and knn_search are re-exported (a detection's first step, the k
-# slider's input); knn_tensors is the search on already-checked arguments
-from moit_explore.neighbors import Neighbors, ivf_settings, knn_search, knn_tensors
-from moit_explore.validation import (
+# knn_tensors is the search on already-checked arguments
+from moit_explore.maths.neighbors import Neighbors, knn_tensors
+from moit_explore.maths.validation import (
     BACKEND_CHOICES,
     BALANCE_CHOICES,
     WEIGHTING_CHOICES,
@@ -48,13 +46,10 @@ from moit_explore.validation import (
 
 __all__ = [
     "Detection",
-    "Neighbors",
     "detect_from_neighbors",
     "detect_noise",
     "detection_counts",
     "detection_metrics",
-    "knn_search",
-    "ivf_settings",
     "knn_soft_labels",
     "majority_vote",
     "prf",
@@ -235,7 +230,8 @@ def knn_soft_labels(
 ) -> np.ndarray:
     """Pass-1 soft labels: fraction of each sample's k nearest others with each given label.
 
-    features (N, d), labels (N,) -> float32 (N, C). See :func:`knn_search` for ``backend``.
+    features (N, d), labels (N,) -> float32 (N, C). See
+    :func:`~moit_explore.maths.neighbors.knn_search` for ``backend``.
     """
     x = check_features(features, keep_tensor=True)
     c = check_num_classes(num_classes)

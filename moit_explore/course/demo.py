@@ -14,8 +14,8 @@ and writes figures next to the runs:
 - ``memorization.png``: training accuracy on the given labels against the share of them that
   is right.
 
-The table is :func:`moit_explore.reports.summarize_runs`; the figures come from
-:mod:`moit_explore.viz`.
+The table is :func:`moit_explore.analysis.reports.summarize_runs`; the figures come from
+:mod:`moit_explore.course.figures`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from moit_explore import config, reports, runs, train, viz
+from moit_explore.analysis import reports
+from moit_explore.course import figures
+from moit_explore.training import config, runs, train
 
 __all__ = ["run_demo", "write_figures"]
 
@@ -87,21 +89,21 @@ def _figures(entries: list[tuple[str, Any]], flag_run: Any, out: Path) -> list[P
     frames = reports.continued_metrics(dict(entries))
     right = (1 - entries[0][1].noise.actual_rate, "share of given labels that are right")
     written = [
-        _save(viz.plot_training_curves(frames, "test_acc", title="test accuracy"),
+        _save(figures.plot_training_curves(frames, "test_acc", title="test accuracy"),
               out / "accuracy.png"),
-        _save(viz.plot_training_curves(
+        _save(figures.plot_training_curves(
             frames, "train_acc_given",
             title="training accuracy on the given labels (memorising the noise)",
             reference=right),
             out / "memorization.png"),
-        _save(viz.plot_detection_curves(
+        _save(figures.plot_detection_curves(
             {k: v for k, v in frames.items() if k != "MOIT+"}), out / "detection.png"),
     ]
     if flag_run is not None:
         final = flag_run.final()
         order = _label_issue_order(final, 24)
         if len(order):
-            fig = viz.plot_flagged_images(
+            fig = figures.plot_flagged_images(
                 flag_run.dataset().train_images, final["labels_given"],
                 final["soft_labels"].argmax(1), flag_run.classes or None, indices=order,
                 true=final["labels_true"], ncols=6, max_images=24)
@@ -218,5 +220,6 @@ def run_demo(root: str | Path = "runs", name: str = "demo", preset: str = "cpu-d
     (out / "summary.md").write_text(f"# moit-explore demo\n\n{text}\n\n{notes}\n\nFigures: "
                                     + ", ".join(p.name for p in figures) + "\n")
     print("\nwrote " + ", ".join(str(p) for p in figures) + f", {out / 'summary.md'}")
-    print(f"runs: {ce_dir}, {moit_dir}, {ft_dir} (open them with moit_explore.runs.load_run)")
+    print(f"runs: {ce_dir}, {moit_dir}, {ft_dir} "
+          "(open them with moit_explore.training.runs.load_run)")
     return out

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moit_explore.noise import (
+from moit_explore.maths.noise import (
     NoisyLabels,
     inject_noise,
     read_label_file,
@@ -39,7 +39,7 @@ from moit_explore.noise import (
 )
 
 if TYPE_CHECKING:
-    from moit_explore.config import TrainConfig
+    from moit_explore.training.config import TrainConfig
 
 __all__ = [
     "DATASET_NAMES",

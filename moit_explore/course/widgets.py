@@ -25,10 +25,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from moit_explore import collapse, label_issues, projection, runs, viz
-from moit_explore import detection as det_mod
-from moit_explore import noise as noise_mod
-from moit_explore.validation import (
+from moit_explore.analysis import collapse, label_issues, projection
+from moit_explore.course import figures
+from moit_explore.maths import detection as det_mod
+from moit_explore.maths import noise as noise_mod
+from moit_explore.maths.neighbors import Neighbors
+from moit_explore.maths.validation import (
     BALANCE_CHOICES,
     check_choice,
     check_k,
@@ -36,6 +38,7 @@ from moit_explore.validation import (
     check_mask,
     default_k,
 )
+from moit_explore.training import runs
 
 __all__ = [
     "EpochPanel", "KSliderPanel", "NoisePanel", "SuspiciousImagesPanel", "ThresholdPanel",
@@ -201,7 +204,7 @@ class _Panel:
 class KSliderPanel(_Panel):
     """Detection as a function of k from ONE neighbour search (spec §3 with k <= k_max).
 
-    neighbors: detection.Neighbors from detection.knn_search(features, k_max); labels (N,)
+    neighbors: Neighbors from knn_search(features, k_max); labels (N,)
     given labels; is_noisy (N,) bool when the truth is known (precision/recall/F1/AUROC), else
     the panel reports what was selected; either way n_selected / n_not_selected (the training
     selection) and n_label_issues (the ``is_label_issue`` column of
@@ -215,7 +218,7 @@ class KSliderPanel(_Panel):
 
     def __init__(
         self,
-        neighbors: det_mod.Neighbors,
+        neighbors: Neighbors,
         labels: Any,
         num_classes: int,
         *,
@@ -225,9 +228,9 @@ class KSliderPanel(_Panel):
         bins: int = 24,
         torch_threads: int | None = 1,
     ) -> None:
-        if not isinstance(neighbors, det_mod.Neighbors):
-            raise ValueError("neighbors must be a detection.Neighbors: compute it once with "
-                             "detection.knn_search(features, k_max)")
+        if not isinstance(neighbors, Neighbors):
+            raise ValueError("neighbors must be a Neighbors: compute it once with "
+                             "knn_search(features, k_max)")
         self.neighbors = neighbors
         self.k_max = int(neighbors.indices.shape[1])
         self.n = int(neighbors.indices.shape[0])
@@ -302,7 +305,7 @@ class KSliderPanel(_Panel):
             self._fig = _figure(5.5, 2.6)  # one figure for the panel's life, redrawn per k
         self._fig.clear()
         second, names = _groups(self.detection.clean, self.is_noisy)
-        viz.plot_discrepancy_histograms(
+        figures.plot_discrepancy_histograms(
             self.detection.discrepancy, second, bins=self.edges, labels=names,
             ax=self._fig.add_subplot(), title=f"k = {self.k}, balance = {self.balance}")
         self._image.value = _png(self._fig)
@@ -425,7 +428,7 @@ class ThresholdPanel(_Panel):
         fig = _figure(5.5, 2.6)
         ax = fig.add_subplot()
         second, names = _groups(self.clean, self.is_noisy)
-        viz.plot_discrepancy_histograms(self.discrepancy, second, bins=self.edges, labels=names,
+        figures.plot_discrepancy_histograms(self.discrepancy, second, bins=self.edges, labels=names,
                                         ax=ax, title=f"criterion: {self.criterion}")
         if self.criterion == "threshold":
             ax.axvline(self.threshold, color="black", lw=1.5, label="threshold")
@@ -534,7 +537,7 @@ class SuspiciousImagesPanel(_Panel):
             colors = ["tab:red" if self.true_labels[i] != self.labels[i] else "tab:green"
                       for i in idx]
         fig = _figure(1.0, 1.0)  # sized by the grid
-        viz.plot_image_grid(self.images[idx], titles, ncols=self.ncols, panel=1.4,
+        figures.plot_image_grid(self.images[idx], titles, ncols=self.ncols, panel=1.4,
                             title_colors=colors, fig=fig)
         self._image.value = _png(fig)
 
@@ -681,14 +684,15 @@ class EpochPanel(_Panel):
                 noisy = np.asarray(a["labels_given"]) != np.asarray(a["labels_true"])
             color = a["labels_true"] if noisy is not None else a["labels_given"]
             shown = epoch if epoch >= 0 else "final"
-            viz.plot_embedding(proj, color, is_noisy=noisy, ax=ax, point_size=4, legend=False,
+            figures.plot_embedding(proj, color, is_noisy=noisy, ax=ax, point_size=4, legend=False,
                                title=f"{self.labels[name]} · epoch {shown} · "
                                      f"{proj.method.upper()}")
         names = {"knn_acc_true": "kNN accuracy (true labels)",
                  "knn_acc_given": "kNN accuracy (given labels)"}
-        viz.plot_knn_over_epochs(self.curves, self.curve_metric, ax=fig.add_subplot(grid[0, -1]),
-                                 epoch=self.epoch if self.epoch >= 0 else None,
-                                 title=f"{names[self.curve_metric]} over epochs")
+        figures.plot_knn_over_epochs(self.curves, self.curve_metric,
+                                     ax=fig.add_subplot(grid[0, -1]),
+                                     epoch=self.epoch if self.epoch >= 0 else None,
+                                     title=f"{names[self.curve_metric]} over epochs")
         self._image.value = _png(fig)
 
 
@@ -755,6 +759,6 @@ class NoisePanel(_Panel):
         self._sync_controls()
         self._html.value = metrics_html(self.last)
         fig = _figure(5.2, 4.4)
-        viz.plot_transition_matrix(self.noisy.transition, self.classes, ax=fig.add_subplot(),
+        figures.plot_transition_matrix(self.noisy.transition, self.classes, ax=fig.add_subplot(),
                                    title=f"{self.kind} noise, rate {self.rate:.2f}, realised")
         self._image.value = _png(fig)

@@ -1,0 +1,3 @@
+"""Training: configs and presets, data sets, batch pipelines, methods, the epoch loop, run
+directories and data-parallel training. Imports ``maths`` only.
+"""
