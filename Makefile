@@ -11,8 +11,10 @@ TORCH_SPEC ?= $(shell test -f /etc/xdg/pip/constraints.txt && echo "torch==2.14.
 EXTRAS ?= dev,notebooks,faiss
 FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 
-export MPLBACKEND ?= agg
 export PYTHONHASHSEED ?= 0
+# Headless matplotlib for test and benchmark runs only: `make lab` leaves the students' backend
+# alone (the notebooks also say %matplotlib inline, so their figures show under agg too).
+HEADLESS := MPLBACKEND=agg
 
 .PHONY: help venv data test test-fast test-notebooks test-browser demo lab lint bench clean-venv
 
@@ -44,13 +46,13 @@ data: $(STAMP)
 	fi
 
 test: $(STAMP) data
-	MOIT_SMOKE=1 $(PY) -m pytest -q tests notebooks --nbmake --nbmake-timeout=300 -p no:cacheprovider
+	$(HEADLESS) MOIT_SMOKE=1 $(PY) -m pytest -q tests notebooks --nbmake --nbmake-timeout=300 -p no:cacheprovider
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q tests -x
+	$(HEADLESS) $(PY) -m pytest -q tests -x
 
 test-notebooks: $(STAMP) data
-	MOIT_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=300 notebooks
+	$(HEADLESS) MOIT_SMOKE=1 $(PY) -m pytest -q --nbmake --nbmake-timeout=300 notebooks
 
 # Debian's chromium (never a downloaded Playwright build); installed here when apt is usable.
 test-browser: $(STAMP) data
@@ -59,10 +61,10 @@ test-browser: $(STAMP) data
 	    { apt-get install -y -q chromium >/dev/null || \
 	      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
 	  { echo "test-browser needs Chromium: apt-get install chromium (as root), or set MOIT_CHROMIUM"; exit 1; }
-	MOIT_SMOKE=1 $(PY) -m pytest -q -m browser tests/test_browser.py -p no:cacheprovider
+	$(HEADLESS) MOIT_SMOKE=1 $(PY) -m pytest -q -m browser tests/test_browser.py -p no:cacheprovider
 
 demo: $(STAMP) data
-	$(PY) -m moit_explore demo
+	$(HEADLESS) $(PY) -m moit_explore demo
 
 lab: $(STAMP) data
 	$(PY) -m jupyter lab notebooks/
@@ -71,7 +73,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check moit_explore tests benchmarks notebooks
 
 bench: $(STAMP) data
-	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(HEADLESS) $(PY) $$f || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

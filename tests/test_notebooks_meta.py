@@ -45,6 +45,12 @@ def _source(cell: dict) -> str:
     return "".join(src) if isinstance(src, list) else src
 
 
+def _python(cell: dict) -> str:
+    """The cell's source with IPython magics (``%matplotlib inline``) blanked, for ast."""
+    return "\n".join("" if line.lstrip().startswith("%") else line
+                     for line in _source(cell).splitlines())
+
+
 def test_the_six_notebooks_and_nothing_unexpected():
     present = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
     assert present == NOTEBOOKS, f"expected exactly {NOTEBOOKS}, found {present}"
@@ -83,7 +89,7 @@ def test_first_code_cell_is_the_parameters_cell(name):
 def test_no_functions_or_classes_in_code_cells(name):
     """Algorithm code belongs in the package; notebooks call it (and share via notebook_runs.py)."""
     for i, cell in enumerate(_code_cells(_load(name))):
-        tree = ast.parse(_source(cell))
+        tree = ast.parse(_python(cell))
         defs = [n for n in ast.walk(tree) if isinstance(n, DEFINITIONS)]
         assert not defs, (f"{name}: code cell {i} defines a {type(defs[0]).__name__} (line "
                           f"{defs[0].lineno}); move it into moit_explore/")
@@ -101,6 +107,16 @@ def test_teaches_and_checks(name):
     assert any("assert " in _source(c) for c in _code_cells(nb)), f"{name} checks nothing"
     assert "notebook_runs." in code, (f"{name}: reach training runs and the smoke switch via "
                                       "notebook_runs")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_figures_show_inline_whatever_the_backend(name):
+    """``%matplotlib inline`` in the setup cell, before any figure: a kernel started with
+    ``MPLBACKEND=agg`` in its environment (a shell, a Makefile) would otherwise show none."""
+    cells = _code_cells(_load(name))
+    setup = _source(cells[1])
+    assert "%matplotlib inline" in setup.splitlines(), f"{name}: no %matplotlib inline in cell 1"
+    assert not any("figures." in _source(c) for c in cells[:1])
 
 
 def _takeaway_asserts(code: str) -> list[tuple[str, bool]]:
@@ -181,10 +197,10 @@ def test_moit_smoke_switches_the_course_to_smoke_mode():
 
 def test_parameter_cell_can_force_the_mode():
     from moit_explore.course import notebook_runs
-    from moit_explore.training import config
+    from moit_explore.training import presets
 
     assert notebook_runs.preset(True) == "digits"
     assert notebook_runs.preset(False) == "cpu-demo"
     assert notebook_runs.preset(None) == ("digits" if notebook_runs.SMOKE else "cpu-demo")
     assert "'digits'" in notebook_runs.expected_time("digits")
-    assert config.preset("digits").k < 1437 // 10  # a k that fits the digits' classes
+    assert presets.preset("digits").k < 1437 // 10  # a k that fits the digits' classes
