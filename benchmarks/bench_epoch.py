@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from moit_explore.maths import noise
-from moit_explore.training import config, datasets, runs, train
+from moit_explore.training import config, datasets, presets, runs, train
 
 
 def random_data(n: int, size: int, channels: int, num_classes: int, seed: int = 0):
@@ -70,7 +70,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for pipe in args.pipelines.split(","):
-            cfg = config.preset(
+            cfg = presets.preset(
                 None, method="moit", dataset="digits", arch=args.arch, width=args.width,
                 epochs=args.epochs, batch_size=args.batch_size, lr_milestones=(),
                 xbm_begin=0, correction_start=1, k=k, device=str(device), pipeline=pipe,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from moit_explore.analysis import collapse
-from moit_explore.training import config, runs, train
+from moit_explore.training import config, presets, runs, train
 
 
 def _parse_sets(items: list[str], cls: type) -> dict:
@@ -115,7 +115,7 @@ def run_trial(trial: str, preset: str, methods: list[str], settings: list[tuple[
                                              **ft_overrides)
                 else:
                     target = run_dir_of(runs_root, trial, method, kind, rate, seed)
-                    cfg = config.preset(preset, **{**overrides, "method": method,
+                    cfg = presets.preset(preset, **{**overrides, "method": method,
                                         "noise": kind, "rate": float(rate), "seed": seed,
                                         "noise_seed": seed, "runs_root": runs_root,
                                         "name": target.name, "overwrite": True,

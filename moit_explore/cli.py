@@ -33,7 +33,7 @@ from moit_explore.course import demo
 from moit_explore.maths import detection
 from moit_explore.maths.validation import BACKEND_CHOICES, BALANCE_CHOICES
 from moit_explore.training import config as cfg_mod
-from moit_explore.training import datasets, distributed, runs, train
+from moit_explore.training import datasets, distributed, presets, runs, train
 
 __all__ = ["build_parser", "main"]
 
@@ -140,15 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     # --preset chooses from the presets (the field records it)
     for action in t._actions:
         if action.dest == "preset":
-            action.choices = list(cfg_mod.PRESETS)
-            action.help = "starting values: " + ", ".join(cfg_mod.PRESETS)
+            action.choices = list(presets.PRESETS)
+            action.help = "starting values: " + ", ".join(presets.PRESETS)
 
     f = sub.add_parser("finetune", help="MOIT+: fine-tune a finished run on its clean samples",
                        description="MOIT+ (spec §4) from RUN_DIR's final weights and last "
                                    "detection; writes RUN_DIR/finetune/ (continue an "
                                    "interrupted one: train --resume RUN_DIR/finetune).")
     f.add_argument("run_dir", metavar="RUN_DIR")
-    f.add_argument("--preset", choices=list(cfg_mod.FINETUNE_PRESETS),
+    f.add_argument("--preset", choices=list(presets.FINETUNE_PRESETS),
                    help="fine-tuning preset (default: the one matching the run's preset)")
     f.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder holding the data sets (default: the run's, which must lie in "
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--root", default="runs", help="folder for the demo's run directory")
     m.add_argument("--name", default="demo", help="run directory name (a free -2, -3 ... "
                    "suffix is added when it exists)")
-    m.add_argument("--preset", default="cpu-demo", choices=list(cfg_mod.PRESETS))
+    m.add_argument("--preset", default="cpu-demo", choices=list(presets.PRESETS))
     m.add_argument("--noise", default="symmetric", choices=list(cfg_mod.NOISE_CHOICES))
     m.add_argument("--rate", type=_float, default=0.4)
     m.add_argument("--no-progress", dest="progress", action="store_false")
@@ -215,7 +215,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"run directory: {path}")
         return 0
     name = given.pop("preset", None)
-    cfg = cfg_mod.preset(name, **given).validate()
+    cfg = presets.preset(name, **given).validate()
     if args.dry_run:
         for k, v in cfg.to_dict().items():
             print(f"{k:18s} {v}")
@@ -239,9 +239,9 @@ def _print_summary(path: Path) -> None:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     given = _given(args, cfg_mod.FinetuneConfig)
     base = runs.load_run(args.run_dir).config
-    name = args.preset or cfg_mod.finetune_preset_for(base.get("preset"), base.get("rate"),
+    name = args.preset or presets.finetune_preset_for(base.get("preset"), base.get("rate"),
                                                       base.get("noise"))
-    fcfg = cfg_mod.finetune_preset(name, **given).validate()
+    fcfg = presets.finetune_preset(name, **given).validate()
     args.run_dir_hint = Path(args.run_dir) / fcfg.name
     path = train.finetune(args.run_dir, fcfg, data_root=args.data_root)
     _print_summary(path)
@@ -359,13 +359,13 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _cmd_presets(args: argparse.Namespace) -> int:
     print("training presets (train --preset NAME):")
-    for name in cfg_mod.PRESETS:
-        c = cfg_mod.preset(name)
+    for name in presets.PRESETS:
+        c = presets.preset(name)
         print(f"  {name:15s} {c.dataset}, n_train={c.n_train}, {c.arch} w{c.width}, "
               f"{c.epochs} epochs, k={c.k}, correction from epoch {c.correction_start + 1}")
     print("fine-tuning presets (finetune --preset NAME):")
-    for name in cfg_mod.FINETUNE_PRESETS:
-        c = cfg_mod.finetune_preset(name)
+    for name in presets.FINETUNE_PRESETS:
+        c = presets.finetune_preset(name)
         print(f"  {name:15s} {c.epochs} epochs, lr {c.lr}, bootstrapping from epoch "
               f"{c.bootstrap_start + 1}")
     return 0

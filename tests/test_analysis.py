@@ -18,7 +18,7 @@ from sklearn.decomposition import PCA
 
 from moit_explore.analysis import collapse, label_issues, projection, reports
 from moit_explore.maths import detection, noise, validation
-from moit_explore.training import runs
+from moit_explore.training import presets, runs
 
 # --------------------------------------------------------------------------- helpers
 
@@ -426,14 +426,14 @@ def test_projection_falls_back_to_pca_without_umap(digits_xy, monkeypatch):
 def test_continued_metrics_puts_moit_plus_after_its_base_run(tmp_path, monkeypatch):
     import json
 
-    from moit_explore.training import config, train
+    from moit_explore.training import train
 
     monkeypatch.chdir(tmp_path)  # relative paths, as from the command line
-    moit = train.train(config.preset("smoke", runs_root="r"))
-    plus = train.finetune(moit, config.finetune_preset("smoke"))
+    moit = train.train(presets.preset("smoke", runs_root="r"))
+    plus = train.finetune(moit, presets.finetune_preset("smoke"))
     assert not moit.is_absolute() and runs.load_run(plus).config["base_run"] == str(moit.resolve())
-    n_moit = config.preset("smoke").epochs
-    n_plus = config.finetune_preset("smoke").epochs
+    n_moit = presets.preset("smoke").epochs
+    n_plus = presets.finetune_preset("smoke").epochs
     loaded = {"MOIT": runs.load_run(moit), "MOIT+": runs.load_run(plus)}
     curves = reports.continued_metrics(loaded)
     assert curves["MOIT"]["epoch"].tolist() == list(range(1, n_moit + 1))

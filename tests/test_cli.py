@@ -9,7 +9,7 @@ import pytest
 
 from moit_explore import cli
 from moit_explore.course import demo
-from moit_explore.training import config, runs
+from moit_explore.training import config, presets, runs
 
 
 def run_cli(capsys, *argv):
@@ -146,7 +146,7 @@ def test_demo_never_overwrites_and_writes_figures(capsys, tmp_path):
 def test_presets_command_lists_them(capsys):
     rc, out, _ = run_cli(capsys, "presets")
     assert rc == 0
-    for name in config.PRESETS:
+    for name in presets.PRESETS:
         assert name in out
 
 

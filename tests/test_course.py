@@ -9,7 +9,7 @@ import pytest
 
 from moit_explore.course import notebook_runs
 from moit_explore.maths import noise
-from moit_explore.training import config
+from moit_explore.training import presets
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_a_folder_run_records_the_folder_it_trained_on(cache, tmp_path, digits):
                             batch_size=16)
     assert run.config["dataset"] == f"imagefolder:{folder}"
     assert run.config["image_size"] == 8 and run.config["image_channels"] == 1
-    assert run.k == config.preset("smoke").k
+    assert run.k == presets.preset("smoke").k
     again = run.dataset()
     assert again.name == bundle.name and again.train_paths == bundle.train_paths
     np.testing.assert_array_equal(again.train_images, bundle.train_images)

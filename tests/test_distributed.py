@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from moit_explore.training import config, distributed, train
+from moit_explore.training import distributed, presets, train
 
 # per-epoch losses: the sharded forward and the global batch norm change float rounding only
 LOSS_RTOL = 1e-5
@@ -124,7 +124,7 @@ def test_global_batchnorm_is_batchnorm_in_one_process(one_process_group):
 def pair(tmp_path_factory):
     """The smoke preset in one process and under torchrun (2 processes, global batch 64)."""
     root = tmp_path_factory.mktemp("dist")
-    single = train.train(config.preset("smoke", runs_root=str(root), name="single"))
+    single = train.train(presets.preset("smoke", runs_root=str(root), name="single"))
     r = torchrun(["train", "--preset", "smoke", "--runs-root", str(root), "--name", "ddp"], root)
     assert r.returncode == 0, r.stderr[-4000:]
     return root, single, root / "ddp"
@@ -133,7 +133,7 @@ def pair(tmp_path_factory):
 def test_torchrun_matches_single_process(pair):
     root, single, ddp = pair
     a, b = rows(single), rows(ddp)
-    assert len(a) == len(b) == config.preset("smoke").epochs
+    assert len(a) == len(b) == presets.preset("smoke").epochs
     for ra, rb in zip(a, b, strict=True):
         assert_same_epoch(ra, rb)
     fa = np.load(single / "embeddings" / "final.npz")
@@ -150,7 +150,7 @@ def test_torchrun_matches_single_process(pair):
 def test_resume_under_torchrun_with_another_number_of_processes(pair):
     root, single, _ = pair
     # two epochs in one process, the third under torchrun with two
-    part = train.train(config.preset("smoke", runs_root=str(root), name="part", epochs=2))
+    part = train.train(presets.preset("smoke", runs_root=str(root), name="part", epochs=2))
     r = torchrun(["train", "--resume", str(part), "--epochs", "3"], root)
     assert r.returncode == 0, r.stderr[-4000:]
     a, b = rows(single), rows(part)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from moit_explore.maths import losses
-from moit_explore.training import config, pipelines, runs, steps, train
+from moit_explore.training import pipelines, presets, runs, steps, train
 
 READS = [(torch.Tensor, name) for name in ("item", "tolist", "numpy", "cpu", "equal", "__int__",
                                            "__float__", "__bool__", "__index__")]
@@ -102,7 +102,7 @@ def host_reads(monkeypatch):
 @pytest.mark.parametrize("method", ["moit", "icl", "supcon", "mixup", "ce"])
 def test_training_steps_read_nothing_back_from_the_device(tmp_path, host_reads, method):
     # smoke: memory from epoch 2, label correction (the clean mask) from epoch 3
-    run_dir = train.train(config.preset("smoke", method=method, runs_root=str(tmp_path),
+    run_dir = train.train(presets.preset("smoke", method=method, runs_root=str(tmp_path),
                                         epochs=3, detect="epoch"))
     assert host_reads.steps == 3 * 7  # 400 images in batches of 64: 7 steps an epoch
     assert host_reads.reads == [], sorted(set(host_reads.reads))
@@ -114,9 +114,9 @@ def test_training_steps_read_nothing_back_from_the_device(tmp_path, host_reads, 
 
 
 def test_moit_plus_steps_read_nothing_back_from_the_device(tmp_path, host_reads):
-    base = train.train(config.preset("smoke", runs_root=str(tmp_path), epochs=1))
+    base = train.train(presets.preset("smoke", runs_root=str(tmp_path), epochs=1))
     host_reads.steps = 0
-    out = train.finetune(base, config.finetune_preset("smoke", bootstrap_start=1))
+    out = train.finetune(base, presets.finetune_preset("smoke", bootstrap_start=1))
     assert host_reads.steps > 0 and host_reads.reads == [], sorted(set(host_reads.reads))
     assert runs.load_run(out).metrics["bootstrap"].tolist() == [False, True]
 

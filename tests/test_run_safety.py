@@ -23,7 +23,7 @@ import torch
 
 from moit_explore import cli
 from moit_explore.maths import noise
-from moit_explore.training import config, datasets, runs, train
+from moit_explore.training import datasets, presets, runs, train
 
 SMOKE = ["--preset", "smoke", "--epochs", "2", "--lr-milestones", "1", "--no-progress"]
 
@@ -43,7 +43,7 @@ def hints(text: str) -> list[list[str]]:
 def finished(tmp_path_factory):
     """A finished 2-epoch MOIT smoke run (copied by each test that changes it)."""
     root = tmp_path_factory.mktemp("base")
-    return train.train(config.preset("smoke", runs_root=str(root), name="m", epochs=2,
+    return train.train(presets.preset("smoke", runs_root=str(root), name="m", epochs=2,
                                      lr_milestones=(1,)))
 
 
@@ -146,8 +146,8 @@ def test_the_lock_is_held_across_processes_and_released_when_one_dies(tmp_path):
 
 
 def test_default_run_names_include_the_seed():
-    a = config.preset("smoke", seed=1).default_name("smoke")
-    b = config.preset("smoke", seed=2).default_name("smoke")
+    a = presets.preset("smoke", seed=1).default_name("smoke")
+    b = presets.preset("smoke", seed=2).default_name("smoke")
     assert a != b and a.endswith("seed1") and b.endswith("seed2")
 
 
@@ -177,7 +177,7 @@ def test_relative_paths_are_stored_resolved(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     labels = datasets.load_dataset("digits").train_labels
     np.save(tmp_path / "labels.npy", labels)
-    run_dir = train.train(config.preset("smoke", runs_root="runs", name="rel", epochs=1,
+    run_dir = train.train(presets.preset("smoke", runs_root="runs", name="rel", epochs=1,
                                         lr_milestones=(), n_train=None, noise_file="labels.npy",
                                         noise="none", rate=0.0))
     cfg = runs.load_run(run_dir).config
@@ -378,7 +378,7 @@ def test_damaged_label_files_give_clear_errors(capsys, tmp_path, kind):
 
 
 def test_finetune_refuses_a_run_that_is_not_moit(capsys, tmp_path):
-    run_dir = train.train(config.preset("smoke", runs_root=str(tmp_path), name="ce",
+    run_dir = train.train(presets.preset("smoke", runs_root=str(tmp_path), name="ce",
                                         method="ce", epochs=1, lr_milestones=()))
     rc, _, err = run_cli(capsys, "finetune", run_dir, "--epochs", "1")
     assert rc == 2 and "'ce'" in err and "moit" in err

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from moit_explore.maths import noise
-from moit_explore.training import config, datasets, engine, pipelines, runs, steps, train
+from moit_explore.training import config, datasets, engine, pipelines, presets, runs, steps, train
 
 METRIC_KEYS = {"epoch", "lr", "loss", "train_acc_given", "train_acc_true", "test_acc",
                "det_precision", "det_recall", "det_f1", "det_auroc", "det_selected_frac",
@@ -29,20 +29,20 @@ TIMING = ("time_s", "eval_time_s", "detect_time_s", "epoch_time_s", "images_per_
 
 def smoke(tmp_path, **kw):
     kw.setdefault("runs_root", str(tmp_path))
-    return config.preset("smoke", **kw)
+    return presets.preset("smoke", **kw)
 
 
 @pytest.fixture(scope="module")
 def method_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return {m: train.train(config.preset("smoke", method=m, runs_root=str(root)))
+    return {m: train.train(presets.preset("smoke", method=m, runs_root=str(root)))
             for m in config.METHODS}
 
 
 @pytest.mark.parametrize("method", config.METHODS)
 def test_every_method_runs_end_to_end(method_runs, method):
     run_dir = method_runs[method]
-    cfg = config.preset("smoke")
+    cfg = presets.preset("smoke")
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == cfg.epochs
     rows = [json.loads(line) for line in lines]  # strict JSON (NaN would be rejected later)
@@ -65,7 +65,7 @@ def test_every_method_runs_end_to_end(method_runs, method):
 
 def test_moit_uses_memory_and_label_correction_when_scheduled(method_runs):
     m = runs.load_run(method_runs["moit"]).metrics
-    cfg = config.preset("smoke")
+    cfg = presets.preset("smoke")
     # memory from epoch > xbm_begin, semi-supervised term from epoch > correction_start
     assert (m["loss_icl_memory"] > 0).tolist() == (m["epoch"] > cfg.xbm_begin).tolist()
     assert (m["loss_cls_unlabeled"] > 0).tolist() == (m["epoch"] > cfg.correction_start).tolist()
@@ -78,7 +78,7 @@ def test_moit_uses_memory_and_label_correction_when_scheduled(method_runs):
 def test_memory_filled_every_step_used_after_xbm_begin():
     from moit_explore.maths.memory import CrossBatchMemory
 
-    cfg = config.preset("smoke", xbm_begin=2)
+    cfg = presets.preset("smoke", xbm_begin=2)
     mem = CrossBatchMemory(size=12, dim=2)
     z1, z2 = torch.eye(2), torch.eye(2).flip(0)
     y = torch.tensor([0, 1])
@@ -98,7 +98,7 @@ def test_memory_filled_every_step_used_after_xbm_begin():
 
 
 def test_detection_never_changes_the_given_labels(method_runs):
-    cfg = config.preset("smoke")
+    cfg = presets.preset("smoke")
     bundle = datasets.subset(datasets.load_dataset("digits"), cfg.n_train, cfg.n_test,
                              seed=cfg.subset_seed)
     expected = noise.inject_noise(bundle.train_labels, "symmetric", cfg.rate, 10,
@@ -209,7 +209,7 @@ def test_without_noise_detection_metrics_are_undefined_not_fake(tmp_path):
 
 def test_moit_plus_starts_from_moit(method_runs):
     moit_dir = method_runs["moit"]
-    fcfg = config.finetune_preset("smoke")
+    fcfg = presets.finetune_preset("smoke")
     setup = train.prepare_finetune(moit_dir, fcfg)
     base = torch.load(moit_dir / "checkpoint.pt", weights_only=True)["model"]
     state = setup.model.state_dict()
@@ -233,7 +233,7 @@ def test_moit_plus_trains_only_on_clean_samples(method_runs, monkeypatch):
             yield batch
 
     monkeypatch.setattr(pipelines.GpuPipeline, "batches", spy)
-    out = train.finetune(moit_dir, config.finetune_preset("smoke", name="ft-spy"))
+    out = train.finetune(moit_dir, presets.finetune_preset("smoke", name="ft-spy"))
     final = runs.load_run(moit_dir).final()
     clean = np.flatnonzero(final["clean"])
     idx = np.concatenate(seen)
@@ -268,7 +268,7 @@ def test_moit_plus_resumes_on_the_same_trajectory(method_runs):
     base = method_runs["moit"]
 
     def ft(name, epochs):  # bootstrapping from epoch 2: the interruption is at the switch
-        return config.finetune_preset("smoke", name=name, epochs=epochs, bootstrap_start=1)
+        return presets.finetune_preset("smoke", name=name, epochs=epochs, bootstrap_start=1)
 
     straight = train.finetune(base, ft("ft-straight", 3))
 
@@ -303,7 +303,7 @@ def test_moit_plus_detection_k_is_checked_before_training(method_runs, tmp_path)
     cfg["k"] = cfg["n_train_actual"]  # no longer smaller than the training set
     (base / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="k=400"):
-        train.finetune(base, config.finetune_preset("smoke"))
+        train.finetune(base, presets.finetune_preset("smoke"))
     assert not (base / "finetune").exists()
 
 
@@ -311,7 +311,7 @@ def test_finetune_refuses_an_unfinished_run(tmp_path):
     run_dir = train.train(smoke(tmp_path, name="nofinal", epochs=2))
     (run_dir / "embeddings" / "final.npz").unlink()
     with pytest.raises(FileNotFoundError, match="has not finished"):
-        train.finetune(run_dir, config.finetune_preset("smoke"))
+        train.finetune(run_dir, presets.finetune_preset("smoke"))
 
 
 def _step_ctx(epoch, clean=None, memory=None, **cfg_kw):
@@ -319,7 +319,7 @@ def _step_ctx(epoch, clean=None, memory=None, **cfg_kw):
 
     torch.manual_seed(0)
     model = models.build_model("small_cnn", 3, 1, width=4, embed_dim=8).eval()  # BN fixed
-    cfg = config.preset("smoke", xbm_begin=1, correction_start=2, **cfg_kw)
+    cfg = presets.preset("smoke", xbm_begin=1, correction_start=2, **cfg_kw)
     gen = torch.Generator().manual_seed(5)
     return steps.EpochContext(model=model, cfg=cfg, epoch=epoch, gen=gen,
                               device=torch.device("cpu"), amp="none", memory=memory,
@@ -384,7 +384,7 @@ def test_moit_plus_step_mixup_then_hard_bootstrap_on_x0():
     x, x0 = torch.randn(B, 1, 8, 8, generator=g), torch.randn(B, 1, 8, 8, generator=g)
     y = torch.randint(0, 3, (B,), generator=g)
     batch = pipelines.Batch(torch.arange(B), y, [x], x0)
-    fcfg = config.finetune_preset("smoke")  # bootstrap_start=1
+    fcfg = presets.finetune_preset("smoke")  # bootstrap_start=1
 
     def ctx(epoch):
         return steps.EpochContext(model=model, cfg=fcfg, epoch=epoch,
@@ -495,14 +495,14 @@ def test_torch_compile_trains_like_eager(tmp_path):
 
 
 def test_config_from_an_older_run_keeps_the_behaviour_it_was_trained_with():
-    fields = config.preset("smoke").to_dict()
+    fields = presets.preset("smoke").to_dict()
     assert fields["drop_last"] is False and fields["shortcut"] == "preactivated"  # release
     assert config.TrainConfig.from_dict(fields).shortcut == "preactivated"
     old = {k: v for k, v in fields.items() if k not in ("drop_last", "shortcut")}
     cfg = config.TrainConfig.from_dict(old)  # a config.json written before these fields
     assert cfg.drop_last is True and cfg.shortcut == "raw"
     with pytest.raises(ValueError, match="shortcut"):
-        config.preset("smoke", shortcut="identity").validate()
+        presets.preset("smoke", shortcut="identity").validate()
 
 
 def test_moit_plus_augmentation_is_simple_unless_set_to_none(method_runs, monkeypatch):
@@ -515,14 +515,14 @@ def test_moit_plus_augmentation_is_simple_unless_set_to_none(method_runs, monkey
 
     monkeypatch.setattr(train, "augment_for", spy)
     for aug in ("simple", "none"):
-        fcfg = config.finetune_preset("smoke", name=f"ft-{aug}", epochs=1)
+        fcfg = presets.finetune_preset("smoke", name=f"ft-{aug}", epochs=1)
         if aug != "simple":
             fcfg = fcfg.replace(augment=aug)
         assert fcfg.augment == aug  # spec §4's "simple" is the default
         out = train.finetune(method_runs["moit"], fcfg)
         assert built[-1] == aug and runs.load_run(out).config["augment_resolved"] == aug
     with pytest.raises(ValueError, match="augment"):
-        config.finetune_preset("smoke", augment="complex").validate()
+        presets.finetune_preset("smoke", augment="complex").validate()
 
 
 def test_bf16_autocast_run_on_the_cpu(tmp_path):

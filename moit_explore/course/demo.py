@@ -30,7 +30,7 @@ import pandas as pd
 
 from moit_explore.analysis import reports
 from moit_explore.course import figures
-from moit_explore.training import config, runs, train
+from moit_explore.training import presets, runs, train
 
 __all__ = ["run_demo", "write_figures"]
 
@@ -201,7 +201,7 @@ def run_demo(root: str | Path = "runs", name: str = "demo", preset: str = "cpu-d
     if out.name != name:
         print(f"{Path(root) / name} exists; writing this demo to {out} instead")
     out.mkdir(parents=True, exist_ok=True)
-    base = config.preset(preset, noise=noise, rate=rate, runs_root=str(out), **overrides)
+    base = presets.preset(preset, noise=noise, rate=rate, runs_root=str(out), **overrides)
     print(f"moit-explore demo: {base.dataset} ({base.n_train} train / {base.n_test} test "
           f"images), {round(rate * 100)}% {noise} noise, {base.arch} width {base.width}, "
           f"{base.epochs} epochs on {train.resolve_device(base.device)}\n")

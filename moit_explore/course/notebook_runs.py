@@ -26,7 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from moit_explore.maths import noise
-from moit_explore.training import config, datasets, runs, train
+from moit_explore.training import datasets, presets, runs, train
 
 __all__ = [
     "SMOKE",
@@ -116,7 +116,7 @@ def preset_data(preset_name: str | None = None) -> datasets.DatasetBundle:
     """The training and test images a course run of ``preset_name`` (default :func:`preset`)
     trains on: the same data set and subset, so a notebook illustrates noise on exactly the
     images it then trains with."""
-    cfg = config.preset(preset_name or _default_preset(), data_root=str(data_root()))
+    cfg = presets.preset(preset_name or _default_preset(), data_root=str(data_root()))
     return datasets.training_subset(cfg)
 
 
@@ -221,7 +221,7 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
     if method == "moit+":
         base = course_run("moit", noise, rate, preset_name, progress=progress, **overrides)
         target = Path(base.path) / "finetune"
-        fcfg = config.finetune_preset(config.finetune_preset_for(preset_name, rate, noise))
+        fcfg = presets.finetune_preset(presets.finetune_preset_for(preset_name, rate, noise))
         expected = fcfg.to_dict()
         if not _cached(target, expected, key="finetune"):
             _train_into(target, expected,
@@ -233,7 +233,7 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
     # the repository's data/ folder, whatever the notebook's working directory
     settings = {"data_root": str(data_root()), "method": method, "noise": noise, "rate": rate,
                 **overrides}
-    expected = config.preset(preset_name, **settings).to_dict()
+    expected = presets.preset(preset_name, **settings).to_dict()
     if not _cached(target, expected):
         _train_into(target, expected, lambda tmp: train.train(
             out_dir=tmp, preset=preset_name, progress=progress, **settings))
@@ -289,8 +289,8 @@ def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
     settings = {"method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
                 "n_test": None, "dataset": bundle.name, "image_size": height,
                 "image_channels": channels,
-                "k": min(config.preset(preset_name).k, len(labels) - 1), **overrides}
-    expected = config.preset(preset_name, **settings).to_dict()
+                "k": min(presets.preset(preset_name).k, len(labels) - 1), **overrides}
+    expected = presets.preset(preset_name, **settings).to_dict()
     if not _cached(target, expected):
         # no noise to inject: the folder labels are what the detector questions
         clean = noise.inject_noise(labels, "none", 0.0, bundle.num_classes)

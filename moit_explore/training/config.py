@@ -1,27 +1,15 @@
-"""Training configurations: :class:`TrainConfig` (MOIT and baselines), :class:`FinetuneConfig`
-(MOIT+), and named presets.
+"""Training configurations: :class:`TrainConfig` (MOIT and baselines) and
+:class:`FinetuneConfig` (MOIT+). The named presets are :mod:`moit_explore.training.presets`.
 
 Every field carries a ``help`` text in its metadata; the command line (``moit_explore.cli``)
 turns each field into one flag (``--field-name``) with that help, so the CLI and the Python API
 are the same thing. :meth:`TrainConfig.validate` checks a configuration before any data is
 loaded or any epoch runs.
-
-Presets (``preset(name, **overrides)``):
-
-- ``paper-cifar10`` / ``paper-cifar100``: the paper's protocol exactly (spec §5).
-- ``fmnist``: full Fashion-MNIST with PreAct ResNet-18, a schedule that fits a GPU session.
-- ``cpu-demo``: a Fashion-MNIST subset with a small CNN, sized so that ``make demo``
-  (CE + MOIT + MOIT+) finishes in a few minutes on a 2-core laptop CPU.
-- ``digits``: all of scikit-learn's digits, a small CNN, seconds per run: the course
-  notebooks' smoke mode, long enough for the methods to learn and differ.
-- ``smoke``: digits, a tiny CNN, a few epochs; every branch of the trainer runs (memory,
-  detection, label correction) in seconds. For tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,16 +23,7 @@ from moit_explore.maths.validation import (
     check_k,
 )
 
-__all__ = [
-    "FINETUNE_PRESETS",
-    "FinetuneConfig",
-    "METHODS",
-    "PRESETS",
-    "TrainConfig",
-    "finetune_preset",
-    "finetune_preset_for",
-    "preset",
-]
+__all__ = ["FinetuneConfig", "METHODS", "TrainConfig"]
 
 METHODS = ("ce", "mixup", "supcon", "icl", "moit")
 NOISE_CHOICES = ("none", "symmetric", "asymmetric")
@@ -107,6 +86,11 @@ class TrainConfig(_Fields):
     data_root: str = _f("data", "folder holding the data sets")
     image_size: int | None = _f(None, "resize images to this size (None: native size)")
     image_channels: int = _f(3, "imagefolder only: 1 reads the images as grayscale, 3 as RGB")
+    pad_inputs: int = _f(0, "zero-pad every image by this many pixels on each side (cpu-demo: "
+                         "2, Fashion-MNIST's 28x28 to 32x32, the regime's choice; see "
+                         "benchmarks/RESULTS.md)")
+    gray_to_rgb: bool = _f(False, "copy a grayscale data set's channel to 3 channels (cpu-demo: "
+                           "on, the regime's choice)")
     n_train: int | None = _f(None, "stratified training subset size (None: all)")
     n_test: int | None = _f(None, "stratified test subset size (None: all)")
     subset_seed: int = _f(0, "seed of the stratified subset")
@@ -257,6 +241,7 @@ class TrainConfig(_Fields):
                              "samples within a batch)")
         check_int("workers", self.workers, 0)
         check_int("crop_padding", self.crop_padding, 0)
+        check_int("pad_inputs", self.pad_inputs, 0)
         if self.image_channels not in (1, 3):
             raise ValueError(f"image_channels must be 1 (grayscale) or 3 (RGB), got "
                              f"{self.image_channels!r}")
@@ -348,128 +333,3 @@ class FinetuneConfig(_Fields):
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
         return self
-
-
-# --------------------------------------------------------------------------- presets
-
-_PAPER = dict(
-    epochs=250, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4,
-    lr_milestones=(125, 200), lr_gamma=0.1, embed_dim=128, tau=0.1, alpha=1.0,
-    xbm_begin=3, xbm_per_class=100, k=250, balance="median", correction_start=130,
-    noise_seed=42, seed=1, arch="preact_resnet18", width=64, projection="linear",
-)
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # spec §5 exactly
-    "paper-cifar10": dict(_PAPER, dataset="cifar10"),
-    "paper-cifar100": dict(_PAPER, dataset="cifar100"),
-    # full Fashion-MNIST on one GPU: the paper's recipe on a shorter schedule (the schedule
-    # points keep their proportions: LR drops at 50% / 80%, correction from 52%)
-    "fmnist": dict(_PAPER, dataset="fashion-mnist", epochs=60, lr_milestones=(30, 48),
-                   correction_start=31, snapshot_epochs=(1, 10, 30)),
-    # The CPU regime (make demo, the course in full mode, benchmarks/bench_accuracy.py): a
-    # 3,000-image Fashion-MNIST subset, a small CNN, 60 epochs with the LR at 0.1 / 0.01 /
-    # 0.001 from epochs 1 / 30 / 45 (label correction from 31), long enough at low LR for CE
-    # to memorise the wrong labels (the phenomenon MOIT is built against). Deviation from the
-    # spec, named: augment="none" for EVERY method (the spec gives MOIT the complex
-    # augmentation and CE the simple one): with the simple one CE does not memorise within a
-    # CPU schedule, and the complex one's crops slow a small CNN's contrastive learning down
-    # (benchmarks/RESULTS.md, "Finding the CPU regime"). k and the memory scale with the subset.
-    "cpu-demo": dict(
-        _PAPER, dataset="fashion-mnist", n_train=3000, n_test=2000, arch="small_cnn",
-        width=16, epochs=60, batch_size=128, lr=0.1, lr_milestones=(30, 45), xbm_begin=1,
-        xbm_per_class=50, k=30, correction_start=30, augment="none",
-        snapshot_epochs=(1, 3, 5, 10, 15, 20, 30, 40, 50), device="cpu", eval_batch_size=500,
-    ),
-    # the course notebooks' smoke mode (MOIT_SMOKE=1): all of scikit-learn's digits, a small
-    # CNN, seconds per run on a CPU, yet long enough that the methods really learn and differ.
-    # No augmentation for any method: on 8x8 images the complex augmentation's random crops
-    # (down to 8% of the area) leave a few pixels, and the contrastive loss barely moves
-    # from chance. At 40% symmetric noise, last-epoch test accuracy on 2026-11-24 (CPU): MOIT
-    # 0.694 with the complex augmentation, 0.972 without; CE 0.919 with the simple one, 0.906
-    # without (CE then fits 63% of the given labels while 60% are right: memorisation).
-    "digits": dict(
-        _PAPER, dataset="digits", arch="small_cnn", width=16, embed_dim=32, epochs=12,
-        batch_size=64, lr=0.1, lr_milestones=(9,), xbm_begin=2, xbm_per_class=20, k=20,
-        correction_start=6, augment="none", crop_padding=1,
-        snapshot_epochs=(1, 2, 3, 4, 5, 6, 8, 10),  # + the last (12): 9 frames to watch collapse
-        device="cpu", eval_batch_size=512,
-    ),
-    # tests: digits, every branch (memory from epoch 2, label correction from epoch 3)
-    "smoke": dict(
-        _PAPER, dataset="digits", n_train=400, n_test=120, arch="small_cnn", width=8,
-        embed_dim=16, epochs=3, batch_size=64, lr=0.05, lr_milestones=(2,), xbm_begin=1,
-        xbm_per_class=10, k=10, correction_start=2, snapshot_epochs=(1,), device="cpu",
-        eval_batch_size=512, progress=False,
-    ),
-}
-
-FINETUNE_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(epochs=70, lr=0.001, batch_size=128, bootstrap_start=30, beta=0.2),
-    # spec §4: 80% symmetric noise trains 140 epochs with the LR divided by 10 at epoch 120
-    "paper-80": dict(epochs=140, lr=0.001, batch_size=128, bootstrap_start=30, beta=0.2,
-                     lr_milestones=(120,)),
-    "fmnist": dict(epochs=20, lr=0.001, batch_size=128, bootstrap_start=9),
-    # the CPU regime's MOIT+: no augmentation, as its training (the same deviation); 20 epochs
-    # at 50x the paper's LR, since 1,700 clean images give 14 steps an epoch, divided by 10
-    # from epoch 15 so that the last epoch is not read at a high LR (measured: the last
-    # epoch's accuracy varied by up to 5 points without the drop, see benchmarks/RESULTS.md);
-    # bootstrapping from epoch 10 (about 30 / 70 of the schedule, as the paper)
-    "cpu-demo": dict(epochs=20, lr=0.05, lr_milestones=(15,), batch_size=128, bootstrap_start=9,
-                     augment="none", device="cpu", eval_batch_size=500),
-    # no augmentation, as the digits training preset (flipped 8x8 digits: test accuracy 0.944
-    # after MOIT+ with the simple augmentation, 0.972 without; MOIT 0.972; 2026-11-24, CPU)
-    "digits": dict(epochs=4, lr=0.02, batch_size=64, bootstrap_start=2, augment="none",
-                   device="cpu", eval_batch_size=512),
-    "smoke": dict(epochs=2, lr=0.001, batch_size=64, bootstrap_start=1, device="cpu",
-                  eval_batch_size=512, progress=False),
-}
-
-# the fine-tuning preset that goes with a training preset
-_FINETUNE_FOR = {"paper-cifar10": "paper", "paper-cifar100": "paper", "fmnist": "fmnist",
-                 "cpu-demo": "cpu-demo", "digits": "digits", "smoke": "smoke"}
-
-
-def _unknown(kind: str, name: str, known: dict) -> ValueError:
-    return ValueError(f"unknown {kind} {name!r}; choose one of: {', '.join(known)}")
-
-
-def _check_overrides(cls: type, overrides: dict) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(overrides) - names)
-    if bad:
-        hints = [difflib.get_close_matches(b, names, n=1) for b in bad]
-        hint = "; ".join(f"{b} (did you mean {h[0]}?)" if h else b
-                         for b, h in zip(bad, hints, strict=True))
-        raise ValueError(f"unknown {cls.__name__} field(s): {hint}. Valid fields: "
-                         f"{', '.join(sorted(names))}")
-
-
-def preset(name: str | None = None, /, **overrides: Any) -> TrainConfig:
-    """A TrainConfig from a named preset (None: the dataclass defaults) plus overrides
-    (``name=`` among them is the run name: the preset name is positional only)."""
-    if name is not None and name not in PRESETS:
-        raise _unknown("preset", name, PRESETS)
-    _check_overrides(TrainConfig, overrides)
-    kw = dict(PRESETS[name], preset=name) if name else {}
-    kw.update(overrides)
-    return TrainConfig(**kw)
-
-
-def finetune_preset(name: str | None = None, /, **overrides: Any) -> FinetuneConfig:
-    """A FinetuneConfig from a named fine-tuning preset (None: the paper defaults)."""
-    if name is not None and name not in FINETUNE_PRESETS:
-        raise _unknown("finetune preset", name, FINETUNE_PRESETS)
-    _check_overrides(FinetuneConfig, overrides)
-    kw = dict(FINETUNE_PRESETS[name]) if name else {}
-    kw.update(overrides)
-    return FinetuneConfig(**kw)
-
-
-def finetune_preset_for(train_preset: str | None, rate: float | None = None,
-                        noise: str | None = None) -> str:
-    """The fine-tuning preset matching a training preset (paper + 80% symmetric: paper-80)."""
-    name = _FINETUNE_FOR.get(train_preset or "", "paper")
-    if name == "paper" and noise == "symmetric" and rate is not None and rate >= 0.8:
-        return "paper-80"
-    return name

@@ -35,13 +35,12 @@ from moit_explore.training import distributed, engine, runs
 from moit_explore.training.config import (
     FinetuneConfig,
     TrainConfig,
-    finetune_preset,
-    finetune_preset_for,
 )
-from moit_explore.training.config import preset as make_preset
 from moit_explore.training.datasets import load_data
 from moit_explore.training.engine import EpochCallback, Session, embed, resolve_device
 from moit_explore.training.pipelines import GpuPipeline, ReferencePipeline, augment_for, device_data
+from moit_explore.training.presets import finetune_preset, finetune_preset_for
+from moit_explore.training.presets import preset as make_preset
 
 __all__ = [
     "FINETUNE_RESUMABLE_FIELDS",
@@ -84,7 +83,7 @@ def train(cfg: TrainConfig | None = None, progress: bool | None = None, *,
           **overrides: Any) -> Path:
     """Train one configuration into a new run directory and return its path.
 
-    cfg: a TrainConfig; or ``preset`` (a name in config.PRESETS) plus field ``overrides``.
+    cfg: a TrainConfig; or ``preset`` (a name in presets.PRESETS) plus field ``overrides``.
     progress: tqdm bars (None: ``cfg.progress``). out_dir: the run directory (default
     ``runs_root/name``). on_epoch_end: called with each metrics row.
     data: ``(DatasetBundle, NoisyLabels)`` to train on instead of loading ``cfg.dataset``
