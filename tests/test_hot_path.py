@@ -14,12 +14,13 @@ separate CPU generator, so reading its seed is a host memory read, never a devic
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
 
 from moit_explore.maths import losses
-from moit_explore.training import pipelines, presets, runs, steps, train
+from moit_explore.training import methods, pipelines, presets, runs, train
 
 READS = [(torch.Tensor, name) for name in ("item", "tolist", "numpy", "cpu", "equal", "__int__",
                                            "__float__", "__bool__", "__index__")]
@@ -66,14 +67,13 @@ def host_reads(monkeypatch):
     for owner, name in READS:
         monkeypatch.setattr(owner, name, reads.wrap(owner, name))
 
-    for method, m in list(steps.STEPS.items()):
+    for method, m in list(methods.METHODS.items()):
         def step(ctx, batch, _step=m.step):
             reads.steps += 1
             with reads.watch():
                 return _step(ctx, batch)
 
-        monkeypatch.setitem(steps.STEPS, method, steps.Method(step, m.n_views, m.needs_x0,
-                                                              m.phase))
+        monkeypatch.setitem(methods.METHODS, method, dataclasses.replace(m, step=step))
 
     original_batches = pipelines.GpuPipeline.batches
 

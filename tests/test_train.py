@@ -12,7 +12,17 @@ import pytest
 import torch
 
 from moit_explore.maths import noise
-from moit_explore.training import config, datasets, engine, pipelines, presets, runs, steps, train
+from moit_explore.training import (
+    config,
+    datasets,
+    engine,
+    methods,
+    pipelines,
+    presets,
+    runs,
+    steps,
+    train,
+)
 
 METRIC_KEYS = {"epoch", "lr", "loss", "train_acc_given", "train_acc_true", "test_acc",
                "det_precision", "det_recall", "det_f1", "det_auroc", "det_selected_frac",
@@ -36,10 +46,10 @@ def smoke(tmp_path, **kw):
 def method_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     return {m: train.train(presets.preset("smoke", method=m, runs_root=str(root)))
-            for m in config.METHODS}
+            for m in methods.TRAINING_METHODS}
 
 
-@pytest.mark.parametrize("method", config.METHODS)
+@pytest.mark.parametrize("method", methods.TRAINING_METHODS)
 def test_every_method_runs_end_to_end(method_runs, method):
     run_dir = method_runs[method]
     cfg = presets.preset("smoke")
@@ -411,7 +421,8 @@ def test_moit_plus_step_mixup_then_hard_bootstrap_on_x0():
     assert not z_hat.equal(logits.argmax(1)) and wrong.item() != pytest.approx(expected.item())
     with pytest.raises(ValueError, match="x0"):
         steps.moit_plus_step(ctx(2), pipelines.Batch(batch.idx, y, [x], None))
-    assert steps.STEPS["moit+"].needs_x0(fcfg, 2) and not steps.STEPS["moit+"].needs_x0(fcfg, 1)
+    plus = methods.get_method("moit+")
+    assert plus.needs_x0(fcfg, 2) and not plus.needs_x0(fcfg, 1)
 
 
 def test_moit_step_forwards_each_view_and_x0_separately_in_train_mode():

@@ -22,10 +22,10 @@ from moit_explore.maths.validation import (
     check_int,
     check_k,
 )
+from moit_explore.training.methods import TRAINING_METHODS, get_method
 
-__all__ = ["FinetuneConfig", "METHODS", "TrainConfig"]
+__all__ = ["FinetuneConfig", "TrainConfig"]
 
-METHODS = ("ce", "mixup", "supcon", "icl", "moit")
 NOISE_CHOICES = ("none", "symmetric", "asymmetric")
 ARCH_CHOICES = ("preact_resnet18", "small_cnn")
 SHORTCUT_CHOICES = ("preactivated", "raw")
@@ -49,6 +49,11 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults")
     return field(default=default, metadata=meta)
+
+
+def _per_method(attribute: str) -> str:
+    """A method's default of ``attribute``, for every training method (help texts)."""
+    return ", ".join(f"{n} {getattr(get_method(n), attribute)}" for n in TRAINING_METHODS)
 
 
 def _check_epochs_tuple(name: str, value: Any) -> None:
@@ -79,8 +84,8 @@ class TrainConfig(_Fields):
     """One training run (MOIT or a baseline). Field defaults are the paper's CIFAR protocol."""
 
     preset: str | None = _f(None, "the preset this configuration started from (recorded)")
-    method: str = _f("moit", "training method: ce (cross-entropy), mixup, supcon (SupCon + CE "
-                     "head), icl (interpolated contrastive + mixup CE), moit (spec §2-3)", METHODS)
+    method: str = _f("moit", "training method: " + ", ".join(
+        f"{n} ({get_method(n).summary})" for n in TRAINING_METHODS), TRAINING_METHODS)
     dataset: str = _f("cifar10", "data set: digits, fashion-mnist, cifar10, cifar100 or "
                       "imagefolder:<path>")
     data_root: str = _f("data", "folder holding the data sets")
@@ -101,7 +106,7 @@ class TrainConfig(_Fields):
     noise_file: str | None = _f(None, "a .npy/.csv of given train labels (e.g. CIFAR-10N); "
                                 "replaces synthetic noise")
     augment: str = _f("auto", "training augmentation: complex (spec §2), simple (crop + "
-                      "flip), none; auto = complex for supcon/icl/moit, simple for ce/mixup",
+                      "flip), none; auto = the method's own: " + _per_method("augment"),
                       AUGMENT_CHOICES)
     crop_padding: int = _f(4, "zero padding of the simple augmentation's random crop (spec §4: "
                            "4 pixels on 32x32 images; scale it down for tiny images)")
@@ -136,8 +141,10 @@ class TrainConfig(_Fields):
     detect: str = _f("auto", "noise detection: epoch (after every epoch), final (once, after "
                      "the last epoch), off; auto = epoch", DETECT_CHOICES)
     detect_features: str = _f("auto", "features searched by the detection: z (projection) or "
-                              "h (encoder); auto = z for supcon/icl/moit, h for ce/mixup (their "
-                              "projection head is never trained)", FEATURE_CHOICES)
+                              "h (encoder); auto = the method's own: "
+                              + _per_method("detect_features")
+                              + " (h where the projection head is never trained)",
+                              FEATURE_CHOICES)
     detect_backend: str = _f("auto", "kNN backend of the detection: auto (exact; torch on a "
                              "GPU, else faiss when installed), torch, faiss, faiss-ivf "
                              "(approximate, for millions of images; exact below 20,000)",
@@ -191,13 +198,13 @@ class TrainConfig(_Fields):
         """The features the detection searches ("z" | "h")."""
         if self.detect_features != "auto":
             return self.detect_features
-        return "h" if self.method in ("ce", "mixup") else "z"
+        return get_method(self.method).detect_features
 
     def augment_name(self) -> str:
         """The effective training augmentation ("complex" | "simple" | "none")."""
         if self.augment != "auto":
             return self.augment
-        return "simple" if self.method in ("ce", "mixup") else "complex"
+        return get_method(self.method).augment
 
     def amp_dtype(self, device_type: str) -> str:
         """The effective mixed precision ("bf16" | "none") on ``device_type``."""
@@ -216,7 +223,7 @@ class TrainConfig(_Fields):
 
         n_train: the actual training set size when known (checks k < n_train).
         """
-        check_choice("method", self.method, METHODS)
+        check_choice("method", self.method, TRAINING_METHODS)
         ds = self.dataset.lower().replace("_", "-") if isinstance(self.dataset, str) else None
         if ds is None or not (ds in _DATASETS or ds.startswith("imagefolder:")):
             raise ValueError(f"dataset={self.dataset!r} is not valid; choose one of: digits, "
@@ -269,11 +276,11 @@ class TrainConfig(_Fields):
         ):
             raise ValueError(f"device={self.device!r} is not valid; use auto, cpu, cuda or "
                              "cuda:N")
-        if (self.method == "moit" and self.detect in ("off", "final")
+        if (get_method(self.method).corrects_labels and self.detect in ("off", "final")
                 and self.correction_start < self.epochs):
-            raise ValueError(f"method moit needs a detection after every epoch for its label "
-                             f"correction, not --detect {self.detect}; use --detect epoch (or "
-                             "auto), or set --correction-start >= --epochs")
+            raise ValueError(f"method {self.method} needs a detection after every epoch for its "
+                             f"label correction, not --detect {self.detect}; use --detect epoch "
+                             "(or auto), or set --correction-start >= --epochs")
         n = n_train if n_train is not None else self.n_train
         if n is not None:
             check_k(self.k, n, samples="training images")

@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 from moit_explore.maths import detection
 from moit_explore.training import runs
 from moit_explore.training.config import FinetuneConfig, TrainConfig
-from moit_explore.training.steps import STEPS, EpochContext, autocast
+from moit_explore.training.methods import Method
+from moit_explore.training.steps import EpochContext, autocast
 
 __all__ = ["EpochCallback", "Session", "checkpoint_state", "embed", "lr_schedule", "resolve_device",
            "restore", "run"]
@@ -195,7 +196,7 @@ class Session:
 
     cfg: TrainConfig | FinetuneConfig
     base_cfg: TrainConfig
-    method: str
+    method: Method
     run_dir: Path
     device: torch.device
     amp: str
@@ -228,7 +229,7 @@ class Session:
     def detects(self, epoch: int) -> bool:
         """Whether the detection runs after ``epoch``."""
         last = epoch == self.cfg.epochs
-        if self.train_subset is not None:
+        if self.method.is_fine_tuning:
             return last
         mode = self.base_cfg.detect_mode()
         return mode == "epoch" or (mode == "final" and last)
@@ -314,76 +315,105 @@ def _run_epoch(ctx: EpochContext, pipeline: Any, step: Callable, n_views: int, w
 
 def run(s: Session, progress: bool, on_epoch_end: EpochCallback | None = None) -> Path:
     """Train ``s`` from ``s.start_epoch`` to its last epoch; returns the run directory."""
-    cfg = s.cfg
-    method = STEPS[s.method]
-    snapshots = set(cfg.snapshot_epochs) | {cfg.epochs}
-    embed_all = embed if s.dist is None else s.dist.embed
-    bar = tqdm(total=(cfg.epochs - s.start_epoch + 1) * len(s.pipeline),
-               disable=not (progress and s.writes),
-               desc=f"{s.method} {s.run_dir.name}", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=(s.cfg.epochs - s.start_epoch + 1) * len(s.pipeline),
+               disable=not (progress and s.writes), desc=f"{s.method.name} {s.run_dir.name}",
+               unit="step", dynamic_ncols=True)
     try:
-        for epoch in range(s.start_epoch, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            order, gen, host_gen = s.generators(epoch)
-            ctx = EpochContext(model=s.train_model, cfg=cfg, epoch=epoch, gen=gen,
-                               device=s.device, amp=s.amp, memory=s.memory, clean=s.clean,
-                               host_gen=host_gen)
+        for epoch in range(s.start_epoch, s.cfg.epochs + 1):
+            clock = _Clock()
             lr = s.optimizer.param_groups[0]["lr"]
-            terms, n_images = _run_epoch(ctx, s.pipeline, method.step, method.n_views,
-                                         method.needs_x0(cfg, epoch), s.optimizer, order, bar)
-            s.scheduler.step()
-            if s.dist is not None:
-                s.dist.end_of_epoch(s.model, epoch)
-            if s.device.type == "cuda":
-                torch.cuda.synchronize(s.device)
-            t_train = time.perf_counter() - t0
-
-            # embed the training set (non-augmented, eval mode) and evaluate
-            t1 = time.perf_counter()
-            logits, h, z = embed_all(s.model, s.images, s.normalize, cfg.eval_batch_size, s.amp,
-                                     cfg.channels_last)
-            feats = z if s.base_cfg.feature_kind() == "z" else h
-            test_logits, _, _ = embed_all(s.model, s.test_images, s.normalize,
-                                          cfg.eval_batch_size, s.amp, cfg.channels_last)
-            test_acc = accuracy(test_logits, s.test_labels)
-            t_eval = time.perf_counter() - t1
-
-            t2 = time.perf_counter()
-            # distributed: rank 0 detects once and broadcasts the mask
-            det = s.detect(feats) if s.detects(epoch) and s.writes else None
-            if s.detects(epoch) and s.train_subset is None:
-                # the mask of epoch e is used in epoch e + 1 (spec §3.7)
-                clean = None if det is None else np.asarray(det.clean, dtype=bool)
-                s.clean = torch.from_numpy(clean).to(s.device) if s.dist is None \
-                    else s.dist.broadcast_mask(clean, feats.shape[0])
-            t_detect = time.perf_counter() - t2
-
-            if math.isfinite(test_acc):
-                s.best_test_acc = max(s.best_test_acc, test_acc)
-            if not s.writes:
-                continue
-            row = _metrics_row(s, epoch, lr, terms, logits, test_acc, det)
-            row.update(method.phase(cfg, epoch))
-            row.update(
-                memory_filled=s.memory.filled if s.memory is not None else 0,
-                time_s=t_train, eval_time_s=t_eval, detect_time_s=t_detect,
-                epoch_time_s=time.perf_counter() - t0,
-                images_per_s=n_images / t_train if t_train > 0 else float("nan"),
-            )
-            runs.append_metrics(s.run_dir, row)
-            if epoch in snapshots:
-                runs.save_snapshot(s.run_dir, epoch, feats, s.labels_given, s.labels_true)
-            if epoch == cfg.epochs:
-                extra = {} if s.train_subset is None else {"train_mask": s.clean.cpu().numpy()}
-                runs.save_final(s.run_dir, feats, det, s.labels_given, s.labels_true, **extra)
-            runs.save_checkpoint(s.run_dir / runs.CHECKPOINT_FILE, checkpoint_state(s, epoch))
-            bar.set_postfix(epoch=epoch, loss=f"{terms.get('loss', float('nan')):.3f}",
-                            test=f"{test_acc:.3f}", refresh=False)
-            if on_epoch_end is not None:
-                on_epoch_end(row)
+            with clock("time_s"):      # one pass of the method's step over the training set
+                terms, n_images = train_epoch(s, epoch, bar)
+            with clock("eval_time_s"):  # embed the training set, score the test set
+                logits, feats, test_acc = evaluate(s)
+            with clock("detect_time_s"):  # kNN soft labels -> the clean mask of epoch + 1
+                det = detect(s, epoch, feats)
+            if s.writes:
+                row = _metrics_row(s, epoch, lr, terms, logits, test_acc, det)
+                row.update(clock.times, epoch_time_s=clock.total,
+                           images_per_s=n_images / max(clock.times["time_s"], 1e-9))
+                record(s, epoch, row, feats, det)
+                bar.set_postfix(epoch=epoch, loss=f"{terms.get('loss', float('nan')):.3f}",
+                                test=f"{test_acc:.3f}", refresh=False)
+                if on_epoch_end is not None:
+                    on_epoch_end(row)
     finally:
         bar.close()
     return s.run_dir
+
+
+class _Clock:
+    """Wall-clock seconds of named parts of an epoch (CUDA work is synchronised at each end)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Any:
+        t0 = time.perf_counter()
+        yield
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        self.times[name] = time.perf_counter() - t0
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def train_epoch(s: Session, epoch: int, bar: Any) -> tuple[dict, int]:
+    """One epoch of the method's step, then the LR schedule; the mean loss terms and images."""
+    order, gen, host_gen = s.generators(epoch)
+    ctx = EpochContext(model=s.train_model, cfg=s.cfg, epoch=epoch, gen=gen, device=s.device,
+                       amp=s.amp, memory=s.memory, clean=s.clean, host_gen=host_gen)
+    out = _run_epoch(ctx, s.pipeline, s.method.step, s.method.n_views,
+                     s.method.needs_x0(s.cfg, epoch), s.optimizer, order, bar)
+    s.scheduler.step()
+    if s.dist is not None:
+        s.dist.end_of_epoch(s.model, epoch)
+    return out
+
+
+def evaluate(s: Session) -> tuple[Tensor, Tensor, float]:
+    """Logits and detection features of every training image (non-augmented, eval mode), and
+    the test accuracy."""
+    embed_all = embed if s.dist is None else s.dist.embed
+    c = s.cfg
+    logits, h, z = embed_all(s.model, s.images, s.normalize, c.eval_batch_size, s.amp,
+                             c.channels_last)
+    test_logits, _, _ = embed_all(s.model, s.test_images, s.normalize, c.eval_batch_size, s.amp,
+                                  c.channels_last)
+    test_acc = accuracy(test_logits, s.test_labels)
+    if math.isfinite(test_acc):
+        s.best_test_acc = max(s.best_test_acc, test_acc)
+    return logits, (z if s.base_cfg.feature_kind() == "z" else h), test_acc
+
+
+def detect(s: Session, epoch: int, feats: Tensor) -> Any:
+    """The epoch's detection (None when it does not run, and on ranks other than 0). A
+    training run keeps its clean mask for the next epoch (spec §3.7); under torchrun rank 0
+    detects and broadcasts it. MOIT+ keeps the clean set it trains on."""
+    if not s.detects(epoch):
+        return None
+    det = s.detect(feats) if s.writes else None
+    if not s.method.is_fine_tuning:
+        clean = None if det is None else np.asarray(det.clean, dtype=bool)
+        s.clean = torch.from_numpy(clean).to(s.device) if s.dist is None \
+            else s.dist.broadcast_mask(clean, feats.shape[0])
+    return det
+
+
+def record(s: Session, epoch: int, row: dict, feats: Tensor, det: Any) -> None:
+    """Write the epoch to the run directory: its metrics row, a snapshot, the final file after
+    the last epoch, and the checkpoint (each atomic)."""
+    runs.append_metrics(s.run_dir, row)
+    if epoch in set(s.cfg.snapshot_epochs) | {s.cfg.epochs}:
+        runs.save_snapshot(s.run_dir, epoch, feats, s.labels_given, s.labels_true)
+    if epoch == s.cfg.epochs:
+        extra = {"train_mask": s.clean.cpu().numpy()} if s.method.is_fine_tuning else {}
+        runs.save_final(s.run_dir, feats, det, s.labels_given, s.labels_true, **extra)
+    runs.save_checkpoint(s.run_dir / runs.CHECKPOINT_FILE, checkpoint_state(s, epoch))
 
 
 def _metrics_row(s: Session, epoch: int, lr: float, terms: dict, logits: Tensor,
@@ -394,14 +424,16 @@ def _metrics_row(s: Session, epoch: int, lr: float, terms: dict, logits: Tensor,
     known = s.bundle.true_labels_known
     row.update(train_acc_given=accuracy(logits, s.labels_given),
                train_acc_true=accuracy(logits, s.labels_true) if known else float("nan"))
-    if s.train_subset is not None:
+    if s.method.is_fine_tuning:
         keep = s.train_subset
         row["train_acc_clean_subset"] = accuracy(logits[keep], s.labels_given[keep])
     row.update(test_acc=test_acc,
                best_test_acc=s.best_test_acc if math.isfinite(s.best_test_acc) else None)
-    if s.train_subset is not None:
+    if s.method.is_fine_tuning:
         # MOIT+'s training set seen as a detection (clean = trained on)
         row.update(detection_row(s.clean.cpu().numpy(), None, s.noisy, known))
     elif det is not None:
         row.update(detection_row(det.clean, det.discrepancy, s.noisy, known))
+    row.update(s.method.phase(s.cfg, epoch))
+    row["memory_filled"] = s.memory.filled if s.memory is not None else 0
     return row

@@ -1,8 +1,9 @@
 """The training steps: one batch in, the loss terms out; their sum is back-propagated.
 
-One step per method (:data:`STEPS`): ``ce`` and ``mixup`` (baselines on one view), ``supcon``
-(SupCon + a CE head), ``icl`` (MOIT without detection), ``moit`` (spec §2-3) and ``moit+``
-(spec §4, fine-tuning on the clean samples of a finished MOIT run). Each reads its
+One step per method of :data:`~moit_explore.training.methods.METHODS`: ``ce`` and ``mixup``
+(baselines on one view), ``supcon`` (SupCon + a CE head), ``icl`` (MOIT without detection),
+``moit`` (spec §2-3) and ``moit+`` (spec §4, fine-tuning on the clean samples of a finished MOIT
+run). Each reads its
 hyper-parameters from ``ctx.cfg``: a TrainConfig, or for ``moit+`` a FinetuneConfig.
 
 The steps are the GPU's hot path: they never read a value back from the device. The losses
@@ -14,7 +15,6 @@ and each mixing coefficient is drawn from ``ctx.lam_gen``, a generator on the CP
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from moit_explore.maths import losses
 from moit_explore.training.pipelines import Batch
 
-__all__ = ["STEPS", "EpochContext", "Method", "autocast", "ce_step", "icl_step",
-           "memory_for", "mixup_step", "moit_plus_step", "moit_step", "supcon_step"]
+__all__ = ["EpochContext", "autocast", "bootstrapping", "ce_step", "icl_step", "memory_for",
+           "mixup_step", "moit_plus_step", "moit_step", "supcon_step"]
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -137,7 +137,11 @@ def icl_step(ctx: EpochContext, batch: Batch) -> dict[str, Tensor]:
 
 
 def supcon_step(ctx: EpochContext, batch: Batch) -> dict[str, Tensor]:
-    """Supervised contrastive loss on two views + a CE classifier on both views."""
+    """Supervised contrastive loss on two views + a CE classifier on both views.
+
+    Both views go through the model in ONE pass (batch-norm statistics pooled over the 2B
+    images), as SupContrast, the baseline's reference implementation, does. ICL and MOIT instead
+    forward each view on its own (:func:`_forward_views`), as the MOIT release does."""
     y = batch.y
     with autocast(ctx.device, ctx.amp):
         logits, z = ctx.model(torch.cat(batch.views))
@@ -173,7 +177,7 @@ def moit_plus_step(ctx: EpochContext, batch: Batch) -> dict[str, Tensor]:
     xm, perm, lam = _mix(ctx, batch.views[0])
     with autocast(ctx.device, ctx.amp):
         logits, _ = ctx.model(xm)
-    if not _bootstraps(cfg, ctx.epoch):
+    if not bootstrapping(cfg, ctx.epoch):
         return {"mixup": losses.mixup_ce(logits, y, y[perm], lam, check=False)}
     if batch.x0 is None:
         raise ValueError("hard bootstrapping needs the non-augmented images batch.x0")
@@ -182,51 +186,6 @@ def moit_plus_step(ctx: EpochContext, batch: Batch) -> dict[str, Tensor]:
                                                      beta=cfg.beta, check=False)}
 
 
-def _bootstraps(cfg: Any, epoch: int) -> bool:
+def bootstrapping(cfg: Any, epoch: int) -> bool:
+    """Whether MOIT+ trains with hard bootstrapping in ``epoch`` (after ``bootstrap_start``)."""
     return epoch > cfg.bootstrap_start
-
-
-@dataclass(frozen=True)
-class Method:
-    """A training method as the engine runs it.
-
-    step: the step. n_views: augmented views per image. needs_x0(cfg, epoch): whether the step
-    reads the non-augmented images that epoch. phase(cfg, epoch): the metrics row's flags of
-    the epoch's phase.
-    """
-
-    step: Callable[[EpochContext, Batch], dict[str, Tensor]]
-    n_views: int
-    needs_x0: Callable[[Any, int], bool]
-    phase: Callable[[Any, int], dict[str, bool]]
-
-
-def _never(cfg: Any, epoch: int) -> bool:
-    return False
-
-
-def _always(cfg: Any, epoch: int) -> bool:
-    return True
-
-
-def _no_ssl(cfg: Any, epoch: int) -> dict[str, bool]:
-    return {"ssl": False}
-
-
-def _ssl(cfg: Any, epoch: int) -> dict[str, bool]:
-    # the semi-supervised classification loss (clean mask) runs from epoch > correction_start
-    return {"ssl": epoch > cfg.correction_start}
-
-
-def _bootstrap_phase(cfg: Any, epoch: int) -> dict[str, bool]:
-    return {"bootstrap": _bootstraps(cfg, epoch)}
-
-
-STEPS: dict[str, Method] = {
-    "ce": Method(ce_step, 1, _never, _no_ssl),
-    "mixup": Method(mixup_step, 1, _never, _no_ssl),
-    "supcon": Method(supcon_step, 2, _never, _no_ssl),
-    "icl": Method(icl_step, 2, _never, _no_ssl),
-    "moit": Method(moit_step, 2, _always, _ssl),
-    "moit+": Method(moit_plus_step, 1, _bootstraps, _bootstrap_phase),
-}

@@ -1,18 +1,16 @@
 """Training entry points: MOIT (spec §2-3) and its baselines, and MOIT+ (spec §4).
 
-:func:`train` runs one configuration into a new run directory (see
-:mod:`moit_explore.training.runs`);
-:func:`finetune` runs MOIT+ from a finished run into its ``finetune/`` folder; :func:`resume`
+:func:`train` runs one configuration into a new run directory (:mod:`.runs`); :func:`finetune`
+runs MOIT+ from a finished run into a folder of it (``finetune/`` by default); :func:`resume`
 continues either from its checkpoint, on the same trajectory. All three build a
 :class:`~moit_explore.training.engine.Session` and hand it to the one epoch loop,
-:func:`moit_explore.training.engine.run`; MOIT+ is one more method of it (``"moit+"`` in
-:data:`moit_explore.training.steps.STEPS`), with the same checkpoints, metrics, snapshots and final
-file.
+:func:`~moit_explore.training.engine.run`; MOIT+ is one more method of it
+(:data:`~moit_explore.training.methods.METHODS`), with the same checkpoints, metrics,
+snapshots and final file.
 
-Where things are: the data set and its noise, :func:`moit_explore.training.datasets.load_data`; the
-batches, :mod:`moit_explore.training.pipelines`; the loss of each method's step (the MOIT step reads
-``L = L_ICL + L_CLS``), :mod:`moit_explore.training.steps`; the epoch loop,
-:mod:`moit_explore.training.engine`.
+Where things are: the data set and its noise, :mod:`.datasets`; the batches, :mod:`.pipelines`;
+the loss of each method's step (the MOIT step reads ``L = L_ICL + L_CLS``), :mod:`.steps`; what
+each method is, :mod:`.methods`; the epoch loop, :mod:`.engine`.
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ from moit_explore.training.config import (
 )
 from moit_explore.training.datasets import load_data
 from moit_explore.training.engine import EpochCallback, Session, embed, resolve_device
+from moit_explore.training.methods import fine_tuning, get_method
 from moit_explore.training.pipelines import GpuPipeline, ReferencePipeline, augment_for, device_data
 from moit_explore.training.presets import finetune_preset, finetune_preset_for
 from moit_explore.training.presets import preset as make_preset
@@ -62,8 +61,6 @@ RESUMABLE_FIELDS = ("epochs", "progress", "device", "workers", "eval_batch_size"
 # the same for a MOIT+ run (FinetuneConfig fields)
 FINETUNE_RESUMABLE_FIELDS = ("epochs", "progress", "device", "eval_batch_size",
                              "snapshot_epochs")
-MOIT_PLUS = "moit+"
-_MEMORY_METHODS = ("supcon", "icl", "moit")
 
 
 # --------------------------------------------------------------------------- training
@@ -160,7 +157,8 @@ def _training_session(cfg: TrainConfig, run_dir: Path, data: tuple | None = None
     bundle, noisy = load_data(cfg) if data is None else data
     cfg.validate(n_train=len(bundle.train_labels))
     c = bundle.num_classes
-    if cfg.method in _MEMORY_METHODS:
+    method = get_method(cfg.method)
+    if method.uses_memory:
         size = memory.memory_size(c, cfg.xbm_per_class)
         if size < 2 * cfg.batch_size:
             raise ValueError(f"the memory ({size} slots = 2 * xbm_per_class * {c} classes) "
@@ -179,11 +177,11 @@ def _training_session(cfg: TrainConfig, run_dir: Path, data: tuple | None = None
     # every batch into a slower dynamic-shape graph
     train_model = torch.compile(model, dynamic=False) if cfg.compile else model
     if d is not None:  # DDP, each process forwarding its share of the global batch
-        train_model = d.wrap(model, cfg.compile, train_projector=cfg.method in _MEMORY_METHODS)
+        train_model = d.wrap(model, cfg.compile, train_projector=method.uses_memory)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     mem = None
-    if cfg.method in _MEMORY_METHODS:
+    if method.uses_memory:
         mem = memory.CrossBatchMemory(memory.memory_size(c, cfg.xbm_per_class), cfg.embed_dim,
                                       device=device)
 
@@ -201,7 +199,7 @@ def _training_session(cfg: TrainConfig, run_dir: Path, data: tuple | None = None
                                      cfg.channels_last, cfg.crop_padding, cfg.drop_last)
     if d is not None:
         d.prepare_pipeline(pipeline, cfg.batch_size)
-    return Session(cfg=cfg, base_cfg=cfg, method=cfg.method, run_dir=run_dir, device=device,
+    return Session(cfg=cfg, base_cfg=cfg, method=method, run_dir=run_dir, device=device,
                    amp=amp, bundle=bundle, noisy=noisy, model=model, train_model=train_model,
                    optimizer=optimizer,
                    scheduler=engine.lr_schedule(optimizer, cfg.lr_milestones, cfg.lr_gamma),
@@ -252,7 +250,7 @@ def resume(run_dir: str | Path, progress: bool | None = None, *,
 def _resume(run_dir: Path, progress: bool | None, on_epoch_end: EpochCallback | None,
             data_root: str | Path | None, overrides: dict) -> Path:
     run = runs.load_run(run_dir)
-    plus = run.config.get("method") == MOIT_PLUS
+    plus = get_method(run.method).is_fine_tuning
     allowed = FINETUNE_RESUMABLE_FIELDS if plus else RESUMABLE_FIELDS
     bad = sorted(set(overrides) - set(allowed))
     if bad:
@@ -305,7 +303,7 @@ def _resume_session(s: Session, state: dict, run: Any, overrides: dict, progress
         runs.truncate_metrics(s.run_dir, state["epoch"])
         if overrides:
             config = dict(run.config, **overrides)
-            if s.method == MOIT_PLUS:
+            if s.method.is_fine_tuning:
                 config["finetune"] = dict(run.config.get("finetune", {}), **overrides)
             runs.write_json_atomic(s.run_dir / runs.CONFIG_FILE, config)
     return engine.run(s, s.cfg.progress if progress is None else progress, on_epoch_end)
@@ -365,15 +363,17 @@ class FinetuneSetup:
 def prepare_finetune(run_dir: str | Path, fcfg: FinetuneConfig, *,
                      data_root: str | Path | None = None, hint: tuple = ()) -> FinetuneSetup:
     """Load the finished run's final weights and LAST detection's clean mask, and re-initialise
-    the classifier head (spec §4). Only a MOIT run (method "moit") is fine-tuned. data_root:
-    where the data sets are (None: the stored one, which must lie in the project's data folder);
-    hint: the command that retries with ``--data-root``."""
+    the classifier head (spec §4). Only a run of ``fine_tuning().fine_tunes`` (MOIT) is
+    fine-tuned. data_root: where the data sets are (None: the stored one, which must lie in the
+    project's data folder); hint: the command that retries with ``--data-root``."""
     run = runs.load_run(run_dir)
-    if run.method != "moit":
-        raise ValueError(f"{run_dir} is a {run.method!r} run; MOIT+ fine-tunes a finished MOIT "
-                         "run (method 'moit'): train one first, e.g. "
+    plus = fine_tuning()
+    base = plus.fine_tunes
+    if run.method != base:
+        raise ValueError(f"{run_dir} is a {run.method!r} run; {plus.label} fine-tunes a "
+                         f"finished run of method {base!r}: train one first, e.g. "
                          + runs.command("train", "--preset", run.config.get("preset") or "smoke",
-                                        "--method", "moit"))
+                                        "--method", base))
     final_path = Path(run_dir) / runs.EMBEDDINGS_DIR / runs.FINAL_FILE
     ck_path = Path(run_dir) / runs.CHECKPOINT_FILE
     if not final_path.is_file():
@@ -446,13 +446,13 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
 
 def _finetune_locked(run_dir: Path, fcfg: FinetuneConfig, setup: FinetuneSetup,
                      progress: bool | None, on_epoch_end: EpochCallback | None) -> Path:
-    out = runs.create_run_dir(run_dir, fcfg.name, overwrite=fcfg.overwrite)
+    out = runs.run_dir_path(run_dir, fcfg.name)
     engine.set_threads()
     with _removed_if_empty_on_error(out):
         s = _finetune_session(run_dir, fcfg, out, setup)
     cfgd = dict(setup.base_config)
     cfgd.update(fcfg.to_dict())
-    cfgd.update(method=MOIT_PLUS, base_method=setup.base_config.get("method"),
+    cfgd.update(method=fine_tuning().name, base_method=setup.base_config.get("method"),
                 base_run=str(run_dir.resolve()), finetune=fcfg.to_dict(),
                 n_clean=int(len(setup.train_indices)), device_resolved=str(s.device),
                 amp_resolved=s.amp, augment_resolved=fcfg.augment)
@@ -487,8 +487,8 @@ def _finetune_session(base_dir: Path, fcfg: FinetuneConfig, out: Path,
                            indices=keep, drop_last=fcfg.drop_last)
     clean = torch.zeros(len(labels_given), dtype=torch.bool, device=device)
     clean[keep] = True
-    return Session(cfg=fcfg, base_cfg=cfg, method=MOIT_PLUS, run_dir=out, device=device, amp=amp,
-                   bundle=bundle, noisy=noisy, model=model, train_model=model,
+    return Session(cfg=fcfg, base_cfg=cfg, method=fine_tuning(), run_dir=out, device=device,
+                   amp=amp, bundle=bundle, noisy=noisy, model=model, train_model=model,
                    optimizer=optimizer,
                    scheduler=engine.lr_schedule(optimizer, fcfg.lr_milestones, fcfg.lr_gamma),
                    memory=None, pipeline=pipeline, images=images, test_images=test_images,
