@@ -24,6 +24,7 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 from moit_explore.maths import detection
 from moit_explore.maths.validation import check_labels, check_mask, check_num_classes
 from moit_explore.training import runs
+from moit_explore.training.methods import get_method
 
 __all__ = [
     "DETECTION_KEYS",
@@ -159,7 +160,7 @@ def continued_metrics(runs_by_name: Mapping[Any, Any]) -> dict[Any, pd.DataFrame
     out = {}
     for name, r in loaded.items():
         m = metrics_frame(r).copy()
-        if isinstance(r, runs.Run) and r.method == "moit+" and len(m):
+        if isinstance(r, runs.Run) and get_method(r.method).is_fine_tuning and len(m):
             # train.finetune always writes MOIT+ into a folder inside its base run
             m["epoch"] += last_epoch.get(r.path.resolve().parent, 0)
         out[name] = m

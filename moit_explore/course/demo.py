@@ -31,6 +31,7 @@ import pandas as pd
 from moit_explore.analysis import reports
 from moit_explore.course import figures
 from moit_explore.training import presets, runs, train
+from moit_explore.training.methods import get_method
 
 __all__ = ["run_demo", "write_figures"]
 
@@ -69,7 +70,7 @@ def _format_table(df: Any) -> str:
 
 
 def _label(run: Any) -> str:
-    return "MOIT+" if run.method == "moit+" else run.method.upper()
+    return get_method(run.method).label
 
 
 def _label_issue_order(final: dict, n: int) -> np.ndarray:
@@ -122,7 +123,8 @@ def write_figures(run_list: list[Any], out: str | Path) -> list[Path]:
         if run.has_finetune:
             ft = run.finetune()
             entries.append((_label(ft), ft))
-    candidates = [r for r in run_list if r.method == "moit"] + list(run_list)
+    # the detection of a method that corrects labels with it (MOIT) first
+    candidates = [r for r in run_list if get_method(r.method).corrects_labels] + list(run_list)
     flag_run = next((r for r in candidates
                      if (r.path / "embeddings" / "final.npz").is_file()
                      and "clean" in r.final()), None)

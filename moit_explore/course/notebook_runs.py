@@ -27,6 +27,7 @@ from PIL import Image
 
 from moit_explore.maths import noise
 from moit_explore.training import datasets, presets, runs, train
+from moit_explore.training.methods import get_method
 
 __all__ = [
     "SMOKE",
@@ -218,8 +219,9 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
     run is never mistaken for a cached one. Returns a :class:`moit_explore.training.runs.Run`.
     """
     preset_name = preset or _default_preset()
-    if method == "moit+":
-        base = course_run("moit", noise, rate, preset_name, progress=progress, **overrides)
+    fine_tunes = get_method(method).fine_tunes
+    if fine_tunes is not None:  # MOIT+: fine-tune the cached run of the method it continues
+        base = course_run(fine_tunes, noise, rate, preset_name, progress=progress, **overrides)
         target = Path(base.path) / "finetune"
         fcfg = presets.finetune_preset(presets.finetune_preset_for(preset_name, rate, noise))
         expected = fcfg.to_dict()
