@@ -16,8 +16,8 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.decomposition import PCA
 
-from moit_explore.analysis import collapse, label_issues, projection, reports
-from moit_explore.maths import detection, noise, validation
+from moit_explore.analysis import collapse, projection, reports
+from moit_explore.maths import detection, noise
 from moit_explore.training import presets, runs
 
 # --------------------------------------------------------------------------- helpers
@@ -188,27 +188,6 @@ def test_collapse_over_epochs_needs_snapshots(tmp_path, digits_noisy):
 # --------------------------------------------------------------------------- soft labels
 
 
-def test_detection_issues_table_and_confusion(digits_noisy):
-    x, nz = digits_noisy
-    det = detection.detect_noise(x, nz.noisy, 10, k=20, backend="torch")
-    names = [f"d{i}" for i in range(10)]
-    t = label_issues.detection_issues_table(det, nz.noisy, true_labels=nz.clean, class_names=names,
-                                        sort=False)
-    assert len(t) == len(nz.noisy)
-    i = np.arange(len(t))
-    assert np.allclose(t["label_quality"], det.soft_labels[i, nz.noisy])
-    assert np.array_equal(t["is_noisy"], nz.is_noisy)
-    assert np.array_equal(t["selected_for_training"], det.clean)
-    issue, _ = label_issues.label_verdict(det.first_pass_soft_labels, nz.noisy)
-    assert np.array_equal(t["is_label_issue"], issue)
-    assert t["given_name"].iloc[0] == names[nz.noisy[0]]
-    assert "true_label" not in label_issues.detection_issues_table(det, nz.noisy)
-    m = label_issues.disagreement_confusion(nz.noisy, det.corrected_labels, 10)
-    assert np.array_equal(m, skm.confusion_matrix(nz.noisy, det.corrected_labels,
-                                                  labels=range(10)))
-    assert label_issues.disagreement_confusion([0, 0, 1], [0, 1, 1]).tolist() == [[1, 1], [0, 1]]
-
-
 # --------------------------------------------------------------------------- detection
 
 
@@ -256,6 +235,7 @@ def test_per_class_detection_matches_subsets(digits_noisy):
     t = reports.per_class_detection(det.clean, nz.is_noisy, nz.noisy, 10)
     assert len(t) == 10 and t["n"].sum() == len(nz.noisy)
     assert t["n_selected"].sum() == det.clean.sum()
+    assert t["n_not_selected"].sum() == (~det.clean).sum() and "n_label_issues" not in t
     for c in (0, 7):
         m = nz.noisy == c
         assert t.loc[c, "precision"] == pytest.approx(
@@ -281,108 +261,6 @@ def test_detection_over_epochs_and_summary(tmp_path, digits_noisy):
     assert s.loc["MOIT", "noise_rate"] == pytest.approx(nz.is_noisy.mean())
     with pytest.raises(ValueError, match="without detection"):
         reports.detection_over_epochs(pd.DataFrame({"epoch": [1], "test_acc": [0.1]}))
-
-
-# --------------------------------------------------------------------------- label issues
-
-
-def test_find_label_issues_mask_and_rankings(digits_noisy):
-    x, nz = digits_noisy
-    det = detection.detect_noise(x, nz.noisy, 10, k=20)
-    mask = label_issues.find_label_issues(nz.noisy, x, k=20)
-    issue, _ = label_issues.label_verdict(det.first_pass_soft_labels, nz.noisy)
-    assert mask.dtype == bool and np.array_equal(mask, issue)
-    quality = det.soft_labels[np.arange(len(mask)), nz.noisy]
-    ranked = label_issues.find_label_issues(nz.noisy, x, k=20,
-                                            return_indices_ranked_by="label_quality")
-    assert sorted(ranked.tolist()) == np.flatnonzero(mask).tolist()
-    q = quality[ranked]
-    assert np.all(np.diff(q) >= 0)  # worst (lowest quality) first
-    # quality takes values m/k, so ties are many: within a tie, lower index first
-    for value in np.unique(q):
-        tied = ranked[q == value]
-        assert np.all(np.diff(tied) > 0)
-    by_d = label_issues.find_label_issues(nz.noisy, x, k=20, return_indices_ranked_by="discrepancy")
-    assert np.all(np.diff(det.discrepancy[by_d]) <= 0)
-    # a precomputed detection has its own table, with the same issues
-    table = label_issues.detection_issues_table(det, nz.noisy)
-    assert np.array_equal(table.sort_index()["is_label_issue"].to_numpy(), mask)
-    with pytest.raises(ValueError, match="return_indices_ranked_by"):
-        label_issues.find_label_issues(nz.noisy, x, return_indices_ranked_by="confidence")
-
-
-def test_find_label_issues_rejects_swapped_and_wrong_typed_arguments(digits_noisy, tmp_path):
-    """One contract, labels first (as cleanlab): anything else fails naming the fix, never
-    silently swapped or ignored."""
-    x, nz = digits_noisy
-    with pytest.raises(ValueError, match=r"labels must come first.*swapped"):
-        label_issues.find_label_issues(x, nz.noisy, k=20)
-    with pytest.raises(ValueError, match=r"labels must come first"):
-        label_issues.label_issues_table(x, nz.noisy, k=20)
-    det = detection.detect_noise(x, nz.noisy, 10, k=20)
-    with pytest.raises(TypeError, match=r"detection_issues_table\(detection, labels\)"):
-        label_issues.find_label_issues(nz.noisy, det)
-    with pytest.raises(TypeError, match=r"run_issues_table\(run_dir\)"):
-        label_issues.label_issues_table(nz.noisy, tmp_path)
-    with pytest.raises(TypeError, match="label_issues_table"):
-        label_issues.detection_issues_table(x, nz.noisy)
-    with pytest.raises(TypeError, match="positional"):  # num_classes etc. are keyword-only
-        label_issues.find_label_issues(nz.noisy, x, 10)
-    with pytest.raises(ValueError, match="in the same order"):
-        label_issues.find_label_issues(nz.noisy[:-1], x)
-
-
-def test_label_issues_table_without_true_labels_round_trips_csv(tmp_path, digits_xy):
-    x, y = digits_xy  # the digits as shipped: no known noise, like a user's own folder
-    names = [f"digit {i}" for i in range(10)]
-    paths = [f"/data/{y[i]}/img_{i:04d}.png" for i in range(len(y))]
-    t = label_issues.label_issues_table(y, x, class_names=names, paths=paths)
-    assert {"is_label_issue", "label_quality", "given_label", "suggested_label", "given_name",
-            "suggested_name", "path", "discrepancy"} <= set(t.columns)
-    assert "true_label" not in t and "is_noisy" not in t
-    assert t["label_quality"].between(0, 1).all()
-    assert np.all(np.diff(t["label_quality"].to_numpy()) >= 0)  # worst first
-    assert t.index.name == "sample" and sorted(t.index) == list(range(len(y)))
-    i = int(t.index[0])
-    assert t.loc[i, "path"] == paths[i] and t.loc[i, "given_name"] == names[y[i]]
-    k = validation.default_k(y)
-    mask = label_issues.find_label_issues(y, x, k=k)
-    assert np.array_equal(t.sort_index()["is_label_issue"].to_numpy(), mask)
-    out = label_issues.export_label_issues(t, tmp_path / "issues.csv")
-    back = pd.read_csv(out, index_col="sample")
-    pd.testing.assert_frame_equal(back, t)
-    with pytest.raises(FileNotFoundError, match="create it first"):
-        label_issues.export_label_issues(t, tmp_path / "missing" / "x.csv")
-
-
-def test_label_issues_from_a_run(tmp_path, digits_noisy):
-    x, nz = digits_noisy
-    run, det = write_run(tmp_path, "r", {}, x, nz.noisy, nz.clean, detect_k=15)
-    t = label_issues.run_issues_table(run)
-    assert np.array_equal(t.sort_index()["selected_for_training"].to_numpy(), det.clean)
-    issue, _ = label_issues.label_verdict(det.first_pass_soft_labels, nz.noisy)
-    assert np.array_equal(t.sort_index()["is_label_issue"].to_numpy(), issue)
-    t = label_issues.run_issues_table(run.path)
-    assert np.array_equal(t.sort_index()["is_noisy"].to_numpy(), nz.is_noisy)
-    assert t["given_name"].iloc[0] == run.classes[t["given_label"].iloc[0]]
-    # a folder run: true labels unknown -> no truth columns
-    run2, _ = write_run(tmp_path, "folder", {}, x, nz.noisy, nz.noisy, true_known=False)
-    assert "true_label" not in label_issues.run_issues_table(run2)
-
-
-def test_find_label_issues_on_fashion_mnist_flags_mostly_noisy(fashion_mnist):
-    from moit_explore.training.datasets import subset
-
-    data = subset(fashion_mnist, n_train=3000, n_test=0, seed=0)
-    nz = noise.inject_noise(data.train_labels, "symmetric", 0.4, 10, seed=1)
-    pixels = data.train_images.reshape(len(nz.noisy), -1) / 255.0
-    feats = PCA(50, random_state=0).fit_transform(pixels)
-    mask = label_issues.find_label_issues(nz.noisy, feats)
-    assert nz.is_noisy[mask].mean() > 0.6  # 40 % base rate
-    assert mask[nz.is_noisy].mean() > 0.85
-    ranked = label_issues.find_label_issues(nz.noisy, feats,
-                                            return_indices_ranked_by="label_quality")
-    assert nz.is_noisy[ranked[:300]].mean() > 0.9
 
 
 # --------------------------------------------------------------------------- projection

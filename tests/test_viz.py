@@ -94,7 +94,7 @@ def test_plot_collapse_over_epochs_lines():
 
 def test_plot_soft_label_histograms_counts(noisy_digits):
     x, nz, det = noisy_digits
-    table = label_issues.detection_issues_table(det, nz.noisy, true_labels=nz.clean)
+    table = label_issues.label_issues_table(nz.noisy, x, true_labels=nz.clean)
     fig = figures.plot_soft_label_histograms(table, bins=10)
     _render(fig)
     patches = fig.axes[0].patches

@@ -71,9 +71,9 @@ def test_k_slider_without_true_labels(setup):
     assert "precision" not in m and m["n_selected"] + m["n_not_selected"] == len(nz.noisy)
     assert set(panel.histograms) == {"edges", "selected", "not selected"}
     assert panel.histograms["not selected"].sum() == m["n_not_selected"]
-    # label issues are the label-issue table's verdict, not the training selection
-    table = label_issues.detection_issues_table(panel.detection, nz.noisy, sort=False)
-    assert m["n_label_issues"] == int(table["is_label_issue"].sum())
+    # label issues are the label-issue verdict at the panel's k, not the training selection
+    mask = label_issues.find_label_issues(nz.noisy, nb, k=10)
+    assert m["n_label_issues"] == int(mask.sum()) != m["n_not_selected"]
 
 
 def test_k_slider_starts_at_the_one_default_k(setup):
@@ -93,7 +93,7 @@ def test_k_slider_widget_reacts(setup):
     assert widgets.METRICS_CSS_CLASS in panel._html._dom_classes
     before = _text(panel._html.value)
     assert re.search(r"precision 0\.\d{3} · recall 0\.\d{3} · F1 0\.\d{3}", before)
-    assert f"selected {panel.last['n_selected']:,}" in before
+    assert f"selected for training {panel.last['n_selected']:,}" in before
     assert panel._image.value[:4] == b"\x89PNG"
     panel.controls["k"].value = 40  # what a browser does when the slider moves
     assert panel.k == 40
@@ -165,7 +165,7 @@ def test_threshold_panel_short_form_and_widget(setup):
     panel.widget()
     panel.controls["threshold"].value = 0.5
     assert panel.threshold == 0.5
-    assert f"selected {np.sum(det.discrepancy <= 0.5):,}" in _text(panel._html.value)
+    assert f"selected for training {np.sum(det.discrepancy <= 0.5):,}" in _text(panel._html.value)
 
 
 # --------------------------------------------------------------------------- images

@@ -92,7 +92,8 @@ def per_class_detection(
 ) -> pd.DataFrame:
     """Detection quality per GIVEN class: one row per class.
 
-    Columns n, n_noisy, n_selected (selected as clean), n_label_issues (not selected),
+    Columns n, n_noisy, n_selected, n_not_selected (selected for training or not: the
+    training selection, not the label-issue verdict of analysis.label_issues),
     precision, recall, f1 (of the noisy class, NaN where undefined), selected_noise_rate.
     """
     c_mask = check_mask(clean, None, "clean")
@@ -111,7 +112,7 @@ def per_class_detection(
         sel_noise = np.where(n_sel > 0, fn / n_sel, np.nan)
     table = pd.DataFrame({
         "n": np.bincount(g, minlength=c), "n_noisy": count(noisy), "n_selected": n_sel,
-        "n_label_issues": count(issue), "precision": precision, "recall": recall, "f1": f1,
+        "n_not_selected": count(issue), "precision": precision, "recall": recall, "f1": f1,
         "selected_noise_rate": sel_noise,
     })
     table.index.name = "class"

@@ -236,8 +236,8 @@ def plot_soft_label_histograms(
 ):
     """Histograms of the soft-label probability of the given label, clean vs noisy samples.
 
-    p_given (N,) and is_noisy (N,), or a label-issue table (analysis.detection_issues_table:
-    its label_quality and is_noisy columns).
+    p_given (N,) and is_noisy (N,), or a label-issue table (analysis.label_issues_table with
+    true_labels: its label_quality and is_noisy columns).
     """
     if isinstance(p_given, pd.DataFrame):
         table = p_given

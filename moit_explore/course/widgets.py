@@ -95,7 +95,8 @@ def metrics_html(metrics: dict[str, Any]) -> str:
              ("k", "k"), ("threshold", "threshold"), ("epoch", "epoch"),
              ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
              ("auroc", "AUROC"), ("selected_noise_rate", "noise in selected"),
-             ("n_selected", "selected"), ("n_not_selected", "not selected"),
+             ("n_selected", "selected for training"),
+             ("n_not_selected", "not selected for training"),
              ("n_label_issues", "label issues"),
              ("knn_acc_true", "kNN acc (true)"), ("knn_acc_given", "kNN acc (given)"),
              ("noisy_agree_given", "noisy ↦ given"), ("noisy_agree_true", "noisy ↦ true"),
@@ -206,9 +207,9 @@ class KSliderPanel(_Panel):
 
     neighbors: Neighbors from knn_search(features, k_max); labels (N,)
     given labels; is_noisy (N,) bool when the truth is known (precision/recall/F1/AUROC), else
-    the panel reports what was selected; either way n_selected / n_not_selected (the training
-    selection) and n_label_issues (the ``is_label_issue`` column of
-    label_issues.detection_issues_table). k: the starting k (None: validation.default_k of the
+    the panel reports what was selected; either way n_selected / n_not_selected (selected for
+    training or not) and n_label_issues (label issues: label_issues.examine_labels on the same
+    neighbours at the same k). k: the starting k (None: validation.default_k of the
     labels, within k_max; for a run's features pass its ``run.k``). ``update(k)`` runs
     detection.detect_from_neighbors and returns the metrics; ``histograms`` holds the
     discrepancy histograms (correct vs noisy labels, or selected vs not selected without
@@ -260,11 +261,11 @@ class KSliderPanel(_Panel):
             out.update(det_mod.detection_metrics(clean, self.is_noisy, det.discrepancy))
         else:
             out["selected_frac"] = n_sel / clean.size
-        # label issues as the package's label-issue table defines them (a verdict on each
-        # label, not the training selection: see label_issues)
-        issues = label_issues.detection_issues_table(det, self.labels, sort=False)
+        # label issues: the verdict on each label (label_issues), not the training selection
+        issues = label_issues.examine_labels(self.labels, self.neighbors, k=k,
+                                             num_classes=self.num_classes)
         out.update(n_selected=n_sel, n_not_selected=int(clean.size - n_sel),
-                   n_label_issues=int(issues["is_label_issue"].sum()))
+                   n_label_issues=int(issues.is_label_issue.sum()))
         return out, det
 
     def metrics(self, k: int | None = None, balance: str | None = None) -> dict[str, Any]:
