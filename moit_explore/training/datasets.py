@@ -50,6 +50,7 @@ __all__ = [
     "fetch",
     "load_data",
     "load_dataset",
+    "prepare_inputs",
     "read_idx",
     "subset",
     "training_subset",
@@ -596,16 +597,44 @@ def subset(bundle: DatasetBundle, n_train: int | None = None, n_test: int | None
     return out
 
 
+def prepare_inputs(bundle: DatasetBundle, *, pad: int = 0,
+                   gray_to_rgb: bool = False) -> DatasetBundle:
+    """The bundle with its images zero-padded by ``pad`` pixels on every side and, with
+    ``gray_to_rgb``, a grayscale channel copied to 3 channels (colour images are left as they
+    are); mean / std recomputed.
+
+    A named choice of input preparation (TrainConfig ``pad_inputs`` / ``gray_to_rgb``): the CPU
+    regime trains Fashion-MNIST as 32x32x3 images, as a CIFAR-format copy of them would be
+    (benchmarks/RESULTS.md, "Why the detection decayed"). (N, H, W, C) -> (N, H + 2 pad,
+    W + 2 pad, 3 or C), train and test alike.
+    """
+    if isinstance(pad, bool) or int(pad) != pad or pad < 0:
+        raise ValueError(f"pad must be a non-negative number of pixels, got {pad!r}")
+    copy = gray_to_rgb and bundle.image_shape[2] == 1  # colour images stay as they are
+    if pad == 0 and not copy:
+        return bundle
+
+    def prep(images: np.ndarray) -> np.ndarray:
+        out = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else images
+        return np.ascontiguousarray(np.repeat(out, 3, axis=3) if copy else out)
+
+    train_x = prep(bundle.train_images)
+    mean, std = channel_stats(train_x)
+    return replace(bundle, train_images=train_x, test_images=prep(bundle.test_images),
+                   mean=mean, std=std)
+
+
 def training_subset(cfg: TrainConfig, *, download: bool = True,
                     noise_file: bool = False) -> DatasetBundle:
     """The data set a training configuration trains on: ``cfg.dataset`` from
-    ``cfg.data_root``, subset to ``cfg.n_train`` / ``cfg.n_test``. noise_file: read
-    ``cfg.noise_file`` (one label per image of the full training set) into
-    ``given_train_labels``, subset together with the images."""
+    ``cfg.data_root``, subset to ``cfg.n_train`` / ``cfg.n_test``, then padded / given 3
+    channels (:func:`prepare_inputs`). noise_file: read ``cfg.noise_file`` (one label per
+    image of the full training set) into ``given_train_labels``, subset with the images."""
     bundle = load_dataset(cfg.dataset, cfg.data_root, download=download,
                           image_size=cfg.image_size, channels=cfg.image_channels,
                           noisy_labels=cfg.noise_file if noise_file else None)
-    return subset(bundle, cfg.n_train, cfg.n_test, seed=cfg.subset_seed)
+    bundle = subset(bundle, cfg.n_train, cfg.n_test, seed=cfg.subset_seed)
+    return prepare_inputs(bundle, pad=cfg.pad_inputs, gray_to_rgb=cfg.gray_to_rgb)
 
 
 def load_data(cfg: TrainConfig, *, download: bool = True) -> tuple[DatasetBundle, NoisyLabels]:

@@ -1,0 +1,186 @@
+"""Why MOIT's detection decays in the CPU regime (issue 18): ablations of the input preparation.
+
+Each lever is a set of TrainConfig overrides on top of the ``cpu-demo`` preset; MOIT is trained
+with each (each seed seeds the network and the noise, unless ``--noise-seed`` pins the noise
+draw; 40 % symmetric unless ``--settings`` says otherwise). The table gives, per lever (mean ±
+sample std over seeds), the detection after epoch 1 and after the last epoch (F1, precision,
+recall, AUROC), the fit of the given labels, the kNN accuracy of the final embedding against
+the TRUE labels and the test accuracy. ``--curve`` prints, for each run, the per-epoch story:
+fit of the given labels, detection precision / recall / F1 and, at the snapshot epochs, the
+kNN accuracy of the embedding against the true labels (leave-one-out, votes with the given
+labels, the run's k).
+
+    python benchmarks/bench_regime_ablation.py --levers native,pad2-rgb --seeds 1,2,3   # train
+    python benchmarks/bench_regime_ablation.py --table-only --levers native,pad2-rgb --curve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import regime_search  # noqa: E402
+
+from moit_explore.analysis import collapse  # noqa: E402
+from moit_explore.training import presets, runs, train  # noqa: E402
+
+# lever -> TrainConfig overrides on top of cpu-demo (the preset as it was before issue 18: the
+# 28x28 grayscale images; "native" pins that whatever the preset's current choice is)
+LEVERS: dict[str, dict] = {
+    "base": {},
+    "native": dict(pad_inputs=0, gray_to_rgb=False),
+    "pad2-rgb": dict(pad_inputs=2, gray_to_rgb=True),   # the issue's CIFAR-format copy
+    "pad2": dict(pad_inputs=2, gray_to_rgb=False),
+    "rgb": dict(pad_inputs=0, gray_to_rgb=True),
+    "native-w32": dict(pad_inputs=0, gray_to_rgb=False, width=32),
+    "resize32": dict(pad_inputs=0, gray_to_rgb=False, image_size=32),
+}
+CURVE_EPOCHS = (1, 5, 10, 20, 30, 31, 35, 40, 45, 50, 60)
+
+
+def _fmt(values: list[float]) -> str:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return "n/a"
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if v.size > 1 else f"{v[0]:.3f}"
+
+
+def run_row(run_dir: Path) -> dict:
+    """The figures of one run: detection after epoch 1 and the last epoch, fit, kNN, test."""
+    run = runs.load_run(run_dir)
+    m = run.metrics
+    first, last = m.iloc[0], m.iloc[-1]
+    fin = run.final()
+    k = int(run.config.get("k", 30))
+    return dict(
+        f1_first=float(first["det_f1"]), f1_last=float(last["det_f1"]),
+        precision_first=float(first["det_precision"]), recall_first=float(first["det_recall"]),
+        precision_last=float(last["det_precision"]), recall_last=float(last["det_recall"]),
+        auroc_last=float(last["det_auroc"]), fit_given=float(last["train_acc_given"]),
+        knn_true=collapse.knn_accuracy(fin["features"], fin["labels_given"], k=k,
+                                       target=fin["labels_true"]),
+        test_last=float(last["test_acc"]),
+    )
+
+
+def curve(run_dir: Path) -> list[dict]:
+    """Per epoch (CURVE_EPOCHS): fit of the given labels, detection P / R / F1, and the kNN
+    accuracy against the true labels where a snapshot (or the final embedding) exists."""
+    run = runs.load_run(run_dir)
+    m = run.metrics.set_index("epoch")
+    k = int(run.config.get("k", 30))
+    last = int(m.index.max())
+    out = []
+    for e in CURVE_EPOCHS:
+        if e not in m.index:
+            continue
+        snap = run.final() if e == last else (run.snapshot(e) if e in run.snapshot_epochs
+                                              else None)
+        knn = (collapse.knn_accuracy(snap["features"], snap["labels_given"], k=k,
+                                     target=snap["labels_true"]) if snap is not None
+               else float("nan"))
+        r = m.loc[e]
+        out.append(dict(epoch=e, fit_given=float(r["train_acc_given"]), knn_true=knn,
+                        precision=float(r["det_precision"]), recall=float(r["det_recall"]),
+                        f1=float(r["det_f1"]), test=float(r["test_acc"])))
+    return out
+
+
+def train_lever(lever: str, kind: str, rate: float, seed: int, args) -> Path:
+    """Train MOIT with a lever's overrides (seed seeds the network; the noise too, unless
+    --noise-seed pins it), into the folder the table reads, and log its figures."""
+    target = regime_search.run_dir_of(args.runs_root, f"{args.trial_prefix}{lever}", "moit",
+                                      kind, rate, seed)
+    cfg = presets.preset("cpu-demo", **{**LEVERS[lever], "method": "moit", "noise": kind,
+                         "rate": float(rate), "seed": seed,
+                         "noise_seed": args.noise_seed if args.noise_seed is not None else seed,
+                         "runs_root": args.runs_root, "name": target.name, "overwrite": True,
+                         "progress": False})
+    t0 = time.perf_counter()
+    run_dir = train.train(cfg)
+    row = dict(trial=f"{args.trial_prefix}{lever}", lever=lever, noise=kind, rate=rate,
+               seed=seed, noise_seed=cfg.noise_seed, run_dir=str(run_dir),
+               wall_s=round(time.perf_counter() - t0, 1), **run_row(run_dir))
+    Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.log, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(row, flush=True)
+    return run_dir
+
+
+def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_prefix: str,
+          show_curve: bool) -> None:
+    cols = ["f1_first", "f1_last", "precision_last", "recall_first", "recall_last",
+            "auroc_last", "fit_given", "knn_true", "test_last"]
+    print("| setting | lever | seeds | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 3) + "|")
+    curves = {}
+    for kind, rate in settings:
+        for lever in levers:
+            rows = []
+            for seed in seeds:
+                d = regime_search.run_dir_of(runs_root, f"{trial_prefix}{lever}", "moit", kind,
+                                             rate, seed)
+                if (d / "metrics.jsonl").is_file() and (d / "embeddings").is_dir():
+                    try:
+                        rows.append((seed, run_row(d)))
+                        curves[(kind, rate, lever, seed)] = d
+                    except (FileNotFoundError, KeyError, ValueError):
+                        pass  # unfinished run
+            if not rows:
+                continue
+            cells = [_fmt([r[c] for _, r in rows]) for c in cols]
+            print(f"| {kind} {round(rate * 100)}% | {lever} | "
+                  f"{','.join(str(s) for s, _ in rows)} | " + " | ".join(cells) + " |")
+    if show_curve:
+        for (kind, rate, lever, seed), d in curves.items():
+            print(f"\n{lever}, {kind} {round(rate * 100)}%, seed {seed} ({d}):")
+            print("| epoch | fit of given labels | kNN acc (true labels) | det precision | "
+                  "det recall | det F1 | test acc |")
+            print("|---|---|---|---|---|---|---|")
+            for r in curve(d):
+                print(f"| {r['epoch']} | {r['fit_given']:.3f} | {r['knn_true']:.3f} | "
+                      f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+                      f"{r['test']:.3f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    ap.add_argument("--levers", default="native,pad2-rgb",
+                    help=f"comma list of: {', '.join(LEVERS)}")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--settings", default="symmetric:0.4")
+    ap.add_argument("--runs-root", default="runs/ablation")
+    ap.add_argument("--log", default="runs/ablation/ablation.jsonl")
+    ap.add_argument("--trial-prefix", default="abl-")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    ap.add_argument("--noise-seed", type=int, default=None,
+                    help="pin the noise draw (default: each seed draws its own)")
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--curve", action="store_true", help="per-epoch table of every run")
+    args = ap.parse_args()
+    levers = args.levers.split(",")
+    unknown = [lv for lv in levers if lv not in LEVERS]
+    if unknown:
+        raise SystemExit(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    settings = regime_search.parse_settings(args.settings)
+    if not args.table_only:
+        torch.set_num_threads(args.threads)
+        for kind, rate in settings:
+            for seed in seeds:
+                for lever in levers:
+                    train_lever(lever, kind, rate, seed, args)
+    table(levers, seeds, settings, args.runs_root, args.trial_prefix, args.curve)
+    print(json.dumps({"levers": levers, "seeds": seeds, "settings": args.settings}))
+
+
+if __name__ == "__main__":
+    main()
