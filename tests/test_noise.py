@@ -183,28 +183,7 @@ def test_inconsistent_coarse_labels_are_rejected(digit_labels):
         inject_noise(digit_labels, "asymmetric", 0.2, 10, coarse_labels=coarse)
 
 
-# ----------------------------------------------------------------------------- transition
-
-
-def test_transition_sampling_follows_the_matrix(fm_labels):
-    rng = np.random.default_rng(7)
-    T = rng.dirichlet(np.ones(10) * 0.5, size=10)
-    T[:, 3] = 0.0  # a class that must never be produced
-    T /= T.sum(axis=1, keepdims=True)
-    out = inject_noise(fm_labels, "transition", 0.0, 10, seed=11, transition=T)
-    assert not (out.noisy == 3).any()
-    n_c = np.bincount(fm_labels, minlength=10)[:, None]
-    bound = 5 * np.sqrt(T * (1 - T) / n_c) + 1e-3
-    assert (np.abs(out.transition - T) <= bound).all()
-    expected_rate = float(np.mean(1 - T[fm_labels, fm_labels]))
-    assert out.rate == pytest.approx(expected_rate)
-    assert out.actual_rate == pytest.approx(expected_rate, abs=0.01)
-
-
-def test_transition_identity_changes_nothing(digit_labels):
-    out = inject_noise(digit_labels, "transition", 0.0, 10, transition=np.eye(10))
-    assert not out.is_noisy.any()
-    np.testing.assert_array_equal(out.transition, np.eye(10))
+# ----------------------------------------------------------------------------- realised transition
 
 
 def test_realised_transition_rows(digit_labels):
@@ -223,7 +202,6 @@ def test_realised_transition_rows(digit_labels):
 @pytest.mark.parametrize("kind, kw", [
     ("symmetric", {}),
     ("asymmetric", {"dataset": "fashion-mnist"}),
-    ("transition", {"transition": np.full((10, 10), 0.1)}),
 ])
 def test_same_seed_same_labels_other_seed_differs(fm_labels, kind, kw):
     a = inject_noise(fm_labels, kind, 0.3, 10, seed=42, **kw)
@@ -237,8 +215,7 @@ def test_same_seed_same_labels_other_seed_differs(fm_labels, kind, kw):
 def test_input_is_never_modified_and_outputs_are_copies(digits):
     y = digits.train_labels.copy()
     before = y.copy()
-    for kind, kw in [("none", {}), ("symmetric", {}), ("asymmetric", {"flip_map": {1: 7}}),
-                     ("transition", {"transition": np.full((10, 10), 0.1)})]:
+    for kind, kw in [("none", {}), ("symmetric", {}), ("asymmetric", {"flip_map": {1: 7}})]:
         out = inject_noise(y, kind, 0.0 if kind == "none" else 0.5, 10, **kw)
         np.testing.assert_array_equal(y, before)
         assert not np.shares_memory(out.clean, y) and not np.shares_memory(out.noisy, y)
@@ -285,11 +262,7 @@ def test_accepts_lists_and_torch_tensors(digit_labels):
     ({"kind": "asymmetric", "flip_map": {}}, "non-empty dict"),
     ({"kind": "asymmetric", "dataset": "cifar100"}, "has 100 classes but num_classes=10"),
     ({"kind": "symmetric", "flip_map": {1: 2}}, "flip_map is only used with kind='asymmetric'"),
-    ({"kind": "transition"}, r"needs transition=<\(C, C\)"),
-    ({"kind": "transition", "transition": np.eye(3)}, r"shape \(10, 10\).*got \(3, 3\)"),
-    ({"kind": "transition", "transition": -np.eye(10)}, "non-negative"),
-    ({"kind": "transition", "transition": np.full((10, 10), 0.2)}, "row 0 sums to 2"),
-    ({"kind": "symmetric", "transition": np.eye(10)}, "only used with kind='transition'"),
+    ({"kind": "transition"}, "unknown noise kind 'transition'"),
 ])
 def test_validation_errors(kwargs, match):
     args = {"labels": np.arange(20) % 10, "kind": "symmetric", "rate": 0.2, "num_classes": 10}

@@ -6,7 +6,7 @@ runs without a Python loop over samples, so one call augments a whole batch on t
 
 Each augmenter splits into ``sample_params`` (all the randomness, a few numbers per sample) and
 ``apply`` (deterministic given the parameters), so tests and notebooks can fix the parameters.
-The pure functions below (``adjust_brightness`` ... ``adjust_hue``, ``resized_crop``,
+The pure functions below (``color_jitter``, ``adjust_hue``, ``resized_crop``,
 ``crop_with_offsets``) work on float images in [0, 1] (or uint8 for the crop) with one factor per
 sample and follow torchvision's tensor semantics.
 
@@ -32,10 +32,7 @@ __all__ = [
     "Normalize",
     "SimpleAugment",
     "SimpleParams",
-    "adjust_brightness",
-    "adjust_contrast",
     "adjust_hue",
-    "adjust_saturation",
     "build_augment",
     "color_jitter",
     "crop_with_offsets",
@@ -174,24 +171,6 @@ def _blend(x: Tensor, ref: Tensor, ratio: Tensor) -> Tensor:
     ref = torch.as_tensor(ref, dtype=x.dtype, device=x.device)
     return torch.lerp(ref.expand_as(x), x, ratio.expand_as(x)).clamp_(0.0, 1.0)
 
-
-def adjust_brightness(x: Tensor, factor: Tensor | float) -> Tensor:
-    """Blend with black. x (B, C, H, W) float in [0, 1], factor (B,) >= 0."""
-    return _blend(x, torch.zeros((), dtype=x.dtype, device=x.device), _factor(factor, x))
-
-
-def adjust_contrast(x: Tensor, factor: Tensor | float) -> Tensor:
-    """Blend with the mean of each image's grayscale. x (B, C, H, W) in [0, 1], factor (B,)."""
-    mean = rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
-    return _blend(x, mean, _factor(factor, x))
-
-
-def adjust_saturation(x: Tensor, factor: Tensor | float) -> Tensor:
-    """Blend with the grayscale image; identity for 1 channel (as torchvision). x in [0, 1]."""
-    f = _factor(factor, x)
-    if x.shape[-3] == 1:
-        return x.clone()
-    return _blend(x, rgb_to_grayscale(x), f)
 
 
 def rgb_to_hsv(x: Tensor) -> Tensor:

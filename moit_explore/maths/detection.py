@@ -50,7 +50,6 @@ __all__ = [
     "detect_noise",
     "detection_counts",
     "detection_metrics",
-    "knn_soft_labels",
     "majority_vote",
     "prf",
     "select_clean",
@@ -224,23 +223,6 @@ def soft_labels_from_neighbors(
     counts = _label_counts(torch.from_numpy(idx), torch.from_numpy(y), c, k, w)
     return _fractions(counts, k, w).numpy()
 
-
-def knn_soft_labels(
-    features: Any, labels: Any, k: int, num_classes: int, *, backend: str = "auto"
-) -> np.ndarray:
-    """Pass-1 soft labels: fraction of each sample's k nearest others with each given label.
-
-    features (N, d), labels (N,) -> float32 (N, C). See
-    :func:`~moit_explore.maths.neighbors.knn_search` for ``backend``.
-    """
-    x = check_features(features, keep_tensor=True)
-    c = check_num_classes(num_classes)
-    y = check_labels(labels, int(x.shape[0]), c)
-    k = check_k(k, int(x.shape[0]))
-    check_choice("backend", backend, BACKEND_CHOICES)
-    idx, _ = knn_tensors(x, k, backend, None, False)
-    counts = _label_counts(idx, torch.from_numpy(y).to(idx.device), c, k)
-    return _fractions(counts, k, None).cpu().numpy()
 
 
 def majority_vote(

@@ -32,7 +32,6 @@ __all__ = [
     "icl_loss",
     "supcon_loss",
     "classification_loss_terms",
-    "classification_loss",
     "mixup_ce",
     "mixup_bootstrap_loss",
 ]
@@ -461,12 +460,3 @@ def classification_loss_terms(logits1: Tensor, logits2: Tensor, logits0: Tensor 
         unlabeled = (lam * (1.0 - a[img]) * H_a + (1.0 - lam) * (1.0 - a[mix_img]) * H_b).mean()
     return {"cls_labeled": labeled, "cls_unlabeled": unlabeled}
 
-
-def classification_loss(logits1: Tensor, logits2: Tensor, logits0: Tensor | None,
-                        labels: Tensor, perm1: Tensor, perm2: Tensor,
-                        lam1: float | Tensor, lam2: float | Tensor,
-                        clean: Tensor | None = None) -> Tensor:
-    """L_CLS = cls_labeled + cls_unlabeled (spec §2b); see :func:`classification_loss_terms`."""
-    t = classification_loss_terms(logits1, logits2, logits0, labels, perm1, perm2, lam1, lam2,
-                                  clean=clean)
-    return t["cls_labeled"] + t["cls_unlabeled"]

@@ -129,13 +129,6 @@ class CrossBatchMemory:
         f = self._filled
         return MemoryView(self.feats[:f].detach(), self.labels[:f], self.batch_slots)
 
-    def reset(self) -> None:
-        """Empty the memory (keeps size, dim and device)."""
-        self.feats.zero_()
-        self.labels.fill_(-1)
-        self.ptr = 0
-        self._filled = 0
-        self.batch_slots = torch.zeros(0, dtype=torch.int64, device=self.device)
 
     def state_dict(self) -> dict:
         """CPU copies of the buffers plus the pointers; loadable with ``weights_only=True``."""

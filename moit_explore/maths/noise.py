@@ -12,8 +12,6 @@ Kinds:
 - ``"asymmetric"``: each sample of a source class of a flip map ``{src: dst}`` flips to ``dst``
   independently with probability ``rate``. The map is the data set's standard one (CIFAR-10,
   CIFAR-100 superclass cycles, Fashion-MNIST) or one given as ``flip_map``.
-- ``"transition"``: each sample's new label is drawn from the row of a ``(C, C)`` row-stochastic
-  matrix belonging to its clean class.
 
 Labels read from a file (CIFAR-10N and the like) become a :class:`NoisyLabels` of kind
 ``"file"`` through :func:`labels_from_file`.
@@ -47,7 +45,7 @@ __all__ = [
     "superclass_flip_map",
 ]
 
-NOISE_KINDS = ("none", "symmetric", "asymmetric", "transition")
+NOISE_KINDS = ("none", "symmetric", "asymmetric")
 
 # spec §6: truck->automobile, bird->airplane, deer->horse, cat<->dog
 CIFAR10_FLIP_MAP: dict[int, int] = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -92,8 +90,8 @@ class NoisyLabels:
     is_noisy: bool (N,) ``noisy != clean``.
     transition: float64 (C, C) realised: ``T[i, j]`` = fraction of class-i samples labelled j
         (rows of classes with no samples are zero).
-    kind: "none" | "symmetric" | "asymmetric" | "transition" | "file".
-    rate: the requested rate (for "transition" and "file": the realised fraction of wrong labels).
+    kind: "none" | "symmetric" | "asymmetric" | "file".
+    rate: the requested rate (for "file": the realised fraction of wrong labels).
     seed: the generator's seed (-1 for "file").
     """
 
@@ -248,16 +246,13 @@ def _floor_count(rate: float, n: int) -> int:
 
 def inject_noise(clean_labels, kind: str, rate: float, num_classes: int, seed: int = 42, *,
                  dataset: str | None = None, flip_map: dict[int, int] | None = None,
-                 transition: np.ndarray | None = None,
                  coarse_labels: np.ndarray | None = None) -> NoisyLabels:
     """Corrupt ``clean_labels`` (N,) with synthetic noise (spec §6); see the module docstring.
 
-    kind: "none" (``rate`` must be 0) | "symmetric" | "asymmetric" | "transition".
-    rate: in [0, 1). For "transition" it is not used for drawing (the matrix is the noise); the
-        returned ``rate`` is then the expected wrong fraction ``mean_i (1 - T[y_i, y_i])``.
+    kind: "none" (``rate`` must be 0) | "symmetric" | "asymmetric".
+    rate: in [0, 1).
     dataset: "cifar10" | "cifar100" | "fashion-mnist" | "digits" (case-insensitive), picks the
         standard asymmetric map; ``flip_map`` ``{src: dst}`` takes precedence over it.
-    transition: (C, C) row-stochastic matrix, kind "transition" only.
     coarse_labels: (N,) superclass of every sample, defines the CIFAR-100 (or any superclass)
         cycle; used by "asymmetric" when no ``flip_map`` is given.
     Returns a :class:`NoisyLabels`; ``clean_labels`` itself is never modified.
@@ -270,8 +265,6 @@ def inject_noise(clean_labels, kind: str, rate: float, num_classes: int, seed: i
         raise ValueError(f"unknown noise kind {kind!r}; valid kinds: {', '.join(NOISE_KINDS)}")
     if flip_map is not None and kind != "asymmetric":
         raise ValueError(f"flip_map is only used with kind='asymmetric', not {kind!r}")
-    if transition is not None and kind != "transition":
-        raise ValueError(f"a transition matrix is only used with kind='transition', not {kind!r}")
     seed = int(seed)
     rng = np.random.default_rng(seed)
     n = clean.shape[0]
@@ -308,29 +301,6 @@ def inject_noise(clean_labels, kind: str, rate: float, num_classes: int, seed: i
         flip = (target[clean] != clean) & (u < rate)
         noisy[flip] = target[clean[flip]]
 
-    else:  # transition
-        if transition is None:
-            raise ValueError("kind='transition' needs transition=<(C, C) row-stochastic matrix>")
-        T = np.asarray(transition, dtype=np.float64)
-        if T.shape != (num_classes, num_classes):
-            raise ValueError(f"transition must have shape ({num_classes}, {num_classes}) for "
-                             f"num_classes={num_classes}, got {T.shape}")
-        if not np.all(np.isfinite(T)) or (T < 0).any():
-            raise ValueError("transition entries must be finite and non-negative")
-        sums = T.sum(axis=1)
-        if not np.allclose(sums, 1.0, atol=1e-6):
-            bad = int(np.flatnonzero(~np.isclose(sums, 1.0, atol=1e-6))[0])
-            raise ValueError(f"every transition row must sum to 1 (row-stochastic); row {bad} "
-                             f"sums to {sums[bad]:.6g}")
-        cum = np.cumsum(T, axis=1)
-        cum[:, -1] = 1.0  # rounding must never leave u beyond the last bin
-        u = rng.random(n)
-        # noisy label = first j with u < cum[y, j]; grouped by class to keep memory at O(N)
-        for c in np.unique(clean):
-            rows = np.flatnonzero(clean == c)
-            noisy[rows] = np.searchsorted(cum[c], u[rows], side="right")
-        np.minimum(noisy, num_classes - 1, out=noisy)
-        rate = float(np.mean(1.0 - T[clean, clean])) if n else 0.0
 
     return NoisyLabels(
         noisy=noisy,
