@@ -22,6 +22,8 @@ from moit_explore.analysis import reports
 from moit_explore.maths import detection
 
 __all__ = [
+    "embedding_figure_legend",
+    "embedding_legend_handles",
     "plot_collapse_over_epochs",
     "plot_confusion",
     "plot_detection_curves",
@@ -125,20 +127,41 @@ def plot_embedding(
         noisy = noisy[idx] if idx is not None and noisy.shape[0] != coords.shape[0] else noisy
         if noisy.shape[0] != coords.shape[0]:
             raise ValueError(f"is_noisy has {noisy.shape[0]} entries for {coords.shape[0]} points")
-        # thin, translucent crosses: at 40-80 % noise opaque ones hide the class colours
-        ax.scatter(coords[noisy, 0], coords[noisy, 1], marker="x", c="black", alpha=0.45,
-                   s=point_size * 1.2, linewidths=0.4, label="noisy label")
+        # translucent crosses, larger than the dots so the two read apart; at 40-80 % noise
+        # opaque ones would hide the class colours
+        ax.scatter(coords[noisy, 0], coords[noisy, 1], marker="x", c="black", alpha=0.5,
+                   s=point_size * 3, linewidths=0.5, label="noisy label")
     if legend if legend is not None else n_classes <= 20:
-        handles = [Line2D([], [], marker="o", ls="", color=cmap(c % cmap.N),
-                          label=_name(classes, c)) for c in np.unique(y)]
-        if is_noisy is not None:
-            handles.append(Line2D([], [], marker="x", ls="", color="black", label="noisy label"))
-        ax.legend(handles=handles, fontsize="x-small", markerscale=0.8, loc="best", frameon=False)
+        ax.legend(handles=embedding_legend_handles(y, classes, noisy=is_noisy is not None),
+                  fontsize="x-small", markerscale=0.8, loc="best", frameon=False)
     ax.set_xticks([])
     ax.set_yticks([])
     method = getattr(projection, "method", None)
     ax.set_title(title if title is not None else (method.upper() if method else ""))
     return fig
+
+
+def embedding_legend_handles(labels: Any, classes: Sequence[str] | None = None, *,
+                             noisy: bool = True) -> list[Line2D]:
+    """Legend entries of :func:`plot_embedding`: a dot per class colour, a cross for a noisy
+    label (the dot under it has its TRUE class's colour)."""
+    y = np.asarray(labels)
+    n_classes = int(y.max()) + 1 if y.size else 1
+    cmap = matplotlib.colormaps["tab10" if n_classes <= 10 else "tab20"]
+    handles = [Line2D([], [], marker="o", ls="", color=cmap(c % cmap.N), label=_name(classes, c))
+               for c in np.unique(y)]
+    if noisy:
+        handles.append(Line2D([], [], marker="x", ls="", color="black",
+                              label="noisy label"))
+    return handles
+
+
+def embedding_figure_legend(fig: Any, labels: Any, classes: Sequence[str] | None = None, *,
+                            noisy: bool = True) -> None:
+    """One legend for a figure of embedding panels drawn with ``legend=False``, below them."""
+    handles = embedding_legend_handles(labels, classes, noisy=noisy)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6),
+               fontsize="x-small", frameon=False)
 
 
 def plot_embedding_grid(
@@ -163,6 +186,11 @@ def plot_embedding_grid(
                        title=label, point_size=4, legend=False)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
+    if keys:
+        first = arrays[keys[0]]
+        shown = np.concatenate([np.asarray(arrays[k][color_by]) for k in keys])
+        embedding_figure_legend(fig, shown, classes,
+                                noisy="labels_true" in first and "labels_given" in first)
     return fig
 
 
@@ -327,7 +355,7 @@ def plot_confusion(
     if normalize:
         m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     c = m.shape[0]
-    fig, ax = _fig_ax(ax, figsize=(0.45 * c + 2.5, 0.45 * c + 2))
+    fig, ax = _fig_ax(ax, figsize=(0.62 * c + 2.5, 0.62 * c + 2))
     im = ax.imshow(m, cmap="Blues")
     fig.colorbar(im, ax=ax, shrink=0.8)
     names = [_name(classes, j) for j in range(c)]
@@ -361,7 +389,7 @@ def _plot_transition(t: np.ndarray, classes: Sequence[str] | None, title: str, a
     if t.ndim != 2 or t.shape[0] != t.shape[1]:
         raise ValueError(f"transition must be square (C, C), got shape {t.shape}")
     c = t.shape[0]
-    fig, ax = _fig_ax(ax, figsize=(0.45 * c + 2.5, 0.45 * c + 2))
+    fig, ax = _fig_ax(ax, figsize=(0.62 * c + 2.5, 0.62 * c + 2))
     im = ax.imshow(t, cmap="viridis", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, shrink=0.8)
     names = [_name(classes, j) for j in range(c)]
@@ -372,7 +400,7 @@ def _plot_transition(t: np.ndarray, classes: Sequence[str] | None, title: str, a
             for j in range(c):
                 if t[i, j] > 0:
                     ax.text(j, i, f"{t[i, j]:.2f}".lstrip("0") if t[i, j] < 1 else "1",
-                            ha="center", va="center", fontsize="xx-small",
+                            ha="center", va="center", fontsize=7.5 if c <= 10 else 6,
                             color="black" if t[i, j] > 0.5 else "white")
     ax.set_xlabel("given (noisy) label")
     ax.set_ylabel("true label")

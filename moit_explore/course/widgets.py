@@ -673,7 +673,7 @@ class EpochPanel(_Panel):
         panels = [("run", self.run, 0)]
         if self.compare is not None:
             panels.append(("compare", self.compare, 1))
-        fig = _figure(3.8 * len(panels) + 4.2, 3.6)
+        fig = _figure(3.8 * len(panels) + 4.2, 4.2)  # room for the legend below
         grid = fig.add_gridspec(1, len(panels) + 1)
         for i, (name, run, which) in enumerate(panels):
             ax = fig.add_subplot(grid[0, i])
@@ -688,6 +688,9 @@ class EpochPanel(_Panel):
             figures.plot_embedding(proj, color, is_noisy=noisy, ax=ax, point_size=4, legend=False,
                                title=f"{self.labels[name]} · epoch {shown} · "
                                      f"{proj.method.upper()}")
+        # one legend for both panels: class colours (true class where known), crosses
+        figures.embedding_figure_legend(fig, color, self.run.classes or None,
+                                        noisy=noisy is not None)
         names = {"knn_acc_true": "kNN accuracy (true labels)",
                  "knn_acc_given": "kNN accuracy (given labels)"}
         figures.plot_knn_over_epochs(self.curves, self.curve_metric,
