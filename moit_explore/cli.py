@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import sys
 import typing
 from pathlib import Path
@@ -33,7 +34,7 @@ from moit_explore.course import demo
 from moit_explore.maths import detection
 from moit_explore.maths.validation import BACKEND_CHOICES, BALANCE_CHOICES
 from moit_explore.training import config as cfg_mod
-from moit_explore.training import datasets, distributed, presets, runs, train
+from moit_explore.training import datasets, distributed, fingerprint, presets, runs, train
 
 __all__ = ["build_parser", "main"]
 
@@ -173,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="table of test accuracy and detection for runs")
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     r.add_argument("--out", metavar="DIR", default=None,
-                   help="write report.md and figures into DIR")
+                   help="write report.md and figures into DIR, a new (or empty) folder")
+    r.add_argument("--data-root", metavar="DIR", default=None,
+                   help="folder holding the data sets, for the figure of flagged images "
+                   "(default: the run's, which must lie in the project's data folder)")
 
     m = sub.add_parser("demo", help="CE vs MOIT vs MOIT+ on a noisy Fashion-MNIST subset")
     m.add_argument("--root", default="runs", help="folder for the demo's run directory")
@@ -215,6 +219,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"run directory: {path}")
         return 0
     name = given.pop("preset", None)
+    if given.get("noise_file") and (given.get("noise", "none") != "none"
+                                    or given.get("rate", 0) != 0):
+        raise ValueError("--noise-file gives the labels themselves; --noise and --rate draw "
+                         "synthetic noise instead. Pass one or the other")
     cfg = presets.preset(name, **given).validate()
     if args.dry_run:
         for k, v in cfg.to_dict().items():
@@ -250,6 +258,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     run = runs.load_run(args.run_dir)
+    runs.check_not_in_use(run.path, "detect on it")
     final = run.final()
     k = args.k if args.k is not None else run.k  # detect_noise checks it against the data
     balance = args.balance or run.config.get("balance", "median")
@@ -277,15 +286,12 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     print(f"  label issues         {int(issue.sum())} of {len(issue)} (the neighbours support "
           f"another class better); selected for training {int(det.clean.sum())}")
     if out_npz:
-        try:
-            with open(out_npz, "xb") as f:  # exclusive: never replaces a file
-                np.savez(f, clean=det.clean, is_label_issue=issue, suggested_labels=suggested,
-                         discrepancy=det.discrepancy, soft_labels=det.soft_labels,
-                         first_pass_soft_labels=det.first_pass_soft_labels,
-                         corrected_labels=det.corrected_labels, k=det.k, balance=balance)
-        except FileExistsError:
-            raise FileExistsError(f"{out_npz} exists; pass a new file name to --out (this "
-                                  "command never overwrites)") from None
+        arrays = dict(clean=det.clean, is_label_issue=issue, suggested_labels=suggested,
+                      discrepancy=det.discrepancy, soft_labels=det.soft_labels,
+                      first_pass_soft_labels=det.first_pass_soft_labels,
+                      corrected_labels=det.corrected_labels, k=det.k, balance=balance)
+        runs.write_new_file(out_npz, lambda tmp: tmp.write_bytes(_npz_bytes(arrays)),
+                            "a new file name to --out")
         print(f"wrote {out_npz}")
     if args.csv:
         table = label_issues.detection_issues_table(det, given, class_names=run.classes or None,
@@ -296,38 +302,44 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _npz_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
 def _image_paths(run: runs.Run) -> list[str] | None:
     """The files of an image-folder run's training images, as recorded when it trained; a
     warning names those changed since (moved, edited or deleted)."""
     if not str(run.config.get("dataset", "")).lower().startswith("imagefolder:"):
         return None
-    stored = runs.image_list_changes(run.path)
-    if stored is None:  # a run from before the list was recorded: the folder as it is now
-        print(f"warning: {run.path} has no {runs.IMAGES_FILE} (trained by an older version); "
-              "the paths are read from the folder as it is now, and are wrong if images were "
-              "moved, added or removed since", file=sys.stderr)
+    paths = fingerprint.check_image_files(
+        run.path, action="name its training images",
+        fix="train a new run on the folder as it is now (the same flags, another --name) and "
+            "detect on that")
+    if paths is None:  # a run from before the files were recorded: the folder as it is now
+        print(f"warning: {run.path} has no {fingerprint.TRAINED_ON_FILE} (trained by an older "
+              "version); the paths are read from the folder as it is now, and are wrong if "
+              "images were moved, added or removed since", file=sys.stderr)
         return run.dataset().train_paths
-    paths, changed = stored
-    if changed:
-        shown = ", ".join(changed[:20]) + (f" ... ({len(changed) - 20} more)"
-                                           if len(changed) > 20 else "")
-        print(f"warning: {len(changed)} of {len(paths)} training images changed since "
-              f"{run.path} was trained (moved, edited or deleted): {shown}. The CSV names each "
-              "image's file as it was at training time", file=sys.stderr)
     return paths
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     loaded = [runs.load_run(d) for d in args.run_dirs]
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.is_symlink() or out.exists() and (
+            not out.is_dir() or any(out.iterdir()))):
+        raise FileExistsError(f"{out} exists{'' if out.is_dir() else ' and is not a folder'}; "
+                              "pass --out a new (or empty) folder: report never replaces files")
     table = reports.summarize_runs({str(r.path): r for f in loaded for r in _with_finetune(f)})
     text = table.to_markdown(floatfmt=".4f") if _has_tabulate() \
         else table.to_string(float_format=lambda v: f"{v:.4f}")
     print(text)
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(text + "\n")
-        written = demo.write_figures(loaded, out)
+        written = demo.write_figures(loaded, out, data_root=args.data_root)
         for p in written:
             print(f"wrote {p}")
     return 0
@@ -388,12 +400,37 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # the training diverged
+        print(f"error: training diverged: {e}{_diverged_hint(args)}", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, a read-only folder, no permission ...
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 1
     except distributed.DistributedError as e:  # under torchrun: a rank died or hung
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"interrupted{_interrupt_hint(args, argv)}", file=sys.stderr)
         return 130
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as one sentence naming the file and what to do."""
+    where = f" {e.filename}" if e.filename else ""
+    fix = {28: "free some space (or write elsewhere) and run the command again",
+           13: "the folder is not writable by you: choose another folder",
+           30: "the file system is read-only: choose another folder"}.get(
+        e.errno or 0, "fix the cause and run the command again")
+    return f"cannot write or read{where}: {e.strerror or e}; {fix}"
+
+
+def _diverged_hint(args: argparse.Namespace) -> str:
+    """The run directory a diverged training left, and how to start it again."""
+    run_dir = getattr(args, "run_dir_hint", None)
+    if run_dir is None or not run_dir.is_dir():
+        return ""
+    return (f". {run_dir} keeps the epochs before it; train again with a lower --lr (or "
+            "--alpha) plus --overwrite to replace it, or under another --name")
 
 
 def _interrupt_hint(args: argparse.Namespace, argv: list[str] | None) -> str:

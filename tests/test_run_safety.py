@@ -416,8 +416,8 @@ def _folder(tmp_path, digits):
     return folder
 
 
-def test_detect_csv_names_the_files_trained_on_and_warns_when_they_changed(capsys, tmp_path,
-                                                                           digits):
+def test_detect_csv_names_the_files_trained_on_and_refuses_when_they_changed(capsys, tmp_path,
+                                                                             digits):
     folder = _folder(tmp_path, digits)
     rc, _, err = run_cli(capsys, "train", "--preset", "digits", "--dataset",
                          f"imagefolder:{folder}", "--image-channels", "1", "--image-size", "8",
@@ -432,20 +432,22 @@ def test_detect_csv_names_the_files_trained_on_and_warns_when_they_changed(capsy
     a = pd.read_csv(tmp_path / "a.csv", index_col="sample")
     assert "selected_for_training" in a and a["is_label_issue"].dtype == bool
     assert [a.loc[i, "path"] for i in range(len(a))] == trained.train_paths
-    # the user moves one image into another class folder (what the table invites)
+    # the user moves one image into another class folder (what the table invites): the
+    # features belong to the images as they were, so the table is refused, naming the file
     moved = sorted((folder / "digit0").iterdir())[0]
-    new = folder / "digit1" / moved.name
-    moved.rename(new)
+    moved.rename(folder / "digit1" / moved.name)
     rc, out, err = run_cli(capsys, "detect", run_dir, "--csv", tmp_path / "b.csv")
-    assert rc == 0, err
-    assert "warning" in err.lower() and str(moved) in err
-    b = pd.read_csv(tmp_path / "b.csv", index_col="sample")
-    assert b["path"].sort_index().tolist() == a["path"].sort_index().tolist()
-    # an edited file is named as well
+    assert rc == 2 and str(moved) in err and "moved or deleted" in err
+    assert not (tmp_path / "b.csv").exists()
+    (folder / "digit1" / moved.name).rename(moved)  # put back: the table is written again
+    # an edited file (same name, other bytes) is named as well
     other = sorted((folder / "digit7").iterdir())[0]
     other.write_bytes(other.read_bytes() + b"\0")
     rc, out, err = run_cli(capsys, "detect", run_dir, "--csv", tmp_path / "c.csv")
-    assert rc == 0 and str(other) in err and str(moved) in err
+    assert rc == 2 and str(other) in err and "changed content" in err and str(moved) not in err
+    # detection without a table names no file: it runs on the stored features
+    rc, out, err = run_cli(capsys, "detect", run_dir)
+    assert rc == 0, err
 
 
 def test_npz_members_are_checked_not_trusted(tmp_path):

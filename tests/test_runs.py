@@ -27,8 +27,19 @@ def test_create_run_dir_refuses_non_empty_and_names_the_fixes(tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         runs.create_run_dir(tmp_path, "a")
     assert (path / "metrics.jsonl").exists()  # nothing was touched
+    # --overwrite empties only a run directory this package wrote (issue 20, case 8)
+    with pytest.raises(FileExistsError, match="no config.json"):
+        runs.create_run_dir(tmp_path, "a", overwrite=True)
+    (path / "config.json").write_text("{}")
     (path / "sub").mkdir()
     (path / "sub" / "x").write_text("x")
+    with pytest.raises(FileExistsError, match="holds sub"):
+        runs.create_run_dir(tmp_path, "a", overwrite=True)
+    assert (path / "sub" / "x").read_text() == "x"
+    (path / "sub" / "x").unlink()
+    (path / "sub").rmdir()
+    (path / "embeddings").mkdir()
+    (path / "embeddings" / "epoch_0001.npz").write_bytes(b"")
     runs.create_run_dir(tmp_path, "a", overwrite=True)
     assert list(path.iterdir()) == []
 

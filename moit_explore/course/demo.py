@@ -85,7 +85,8 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _figures(entries: list[tuple[str, Any]], flag_run: Any, out: Path) -> list[Path]:
+def _figures(entries: list[tuple[str, Any]], flag_run: Any, out: Path,
+             data_root: str | Path | None = None) -> list[Path]:
     # MOIT+ continues where its base run ended
     frames = reports.continued_metrics(dict(entries))
     right = (1 - entries[0][1].noise.actual_rate, "share of given labels that are right")
@@ -105,7 +106,7 @@ def _figures(entries: list[tuple[str, Any]], flag_run: Any, out: Path) -> list[P
         order = _label_issue_order(final, 24)
         if len(order):
             fig = figures.plot_flagged_images(
-                flag_run.dataset().train_images, final["labels_given"],
+                flag_run.dataset(data_root).train_images, final["labels_given"],
                 final["soft_labels"].argmax(1), flag_run.classes or None, indices=order,
                 true=final["labels_true"], ncols=6, max_images=24)
             fig.suptitle(f"{_label(flag_run)}: training images flagged as mislabelled")
@@ -113,9 +114,11 @@ def _figures(entries: list[tuple[str, Any]], flag_run: Any, out: Path) -> list[P
     return written
 
 
-def write_figures(run_list: list[Any], out: str | Path) -> list[Path]:
+def write_figures(run_list: list[Any], out: str | Path,
+                  data_root: str | Path | None = None) -> list[Path]:
     """accuracy.png, memorization.png, detection.png and flagged.png (of the first MOIT run,
-    else the first run with a detection)."""
+    else the first run with a detection; its images read from ``data_root``, None: the run's
+    own, see runs.trusted_data_root)."""
     out = Path(out)
     entries = []
     for run in run_list:
@@ -129,7 +132,7 @@ def write_figures(run_list: list[Any], out: str | Path) -> list[Path]:
                      if (r.path / "embeddings" / "final.npz").is_file()
                      and "clean" in r.final()), None)
     try:
-        return _figures(entries, flag_run, out)
+        return _figures(entries, flag_run, out, data_root)
     except FileNotFoundError as e:  # the data set is not on disk any more
         print(f"skipped a figure: {e}")
         return sorted(out.glob("*.png"))

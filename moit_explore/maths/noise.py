@@ -30,6 +30,7 @@ from moit_explore.maths.validation import check_float, check_int, check_labels
 
 __all__ = [
     "ASYMMETRIC_DATASETS",
+    "has_standard_flip_map",
     "CIFAR10_FLIP_MAP",
     "CIFAR100_COARSE",
     "FASHION_MNIST_FLIP_MAP",
@@ -67,7 +68,8 @@ CIFAR100_COARSE: tuple[int, ...] = (
     18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
 )  # fmt: skip
 
-ASYMMETRIC_DATASETS = ("cifar10", "cifar100", "fashion-mnist", "digits")
+# the data sets with a standard asymmetric flip map (spec §6)
+ASYMMETRIC_DATASETS = ("cifar10", "cifar100", "fashion-mnist")
 _DATASET_ALIASES = {
     "cifar10": "cifar10",
     "cifar-10": "cifar10",
@@ -145,6 +147,11 @@ def _check_flip_map(flip_map: dict, num_classes: int) -> dict[int, int]:
                              f"the class (drop that entry)")
         out[int(src)] = int(dst)
     return out
+
+
+def has_standard_flip_map(dataset: str) -> bool:
+    """Whether ``dataset`` (any spelling of its name) has a standard asymmetric flip map."""
+    return _DATASET_ALIASES.get(str(dataset).lower()) in ASYMMETRIC_DATASETS
 
 
 def _canonical_dataset(dataset: str) -> str:
@@ -335,14 +342,24 @@ def read_label_file(path: str | Path) -> np.ndarray:
         if not isinstance(arr, np.ndarray) or arr.ndim != 1:
             raise ValueError(f"{path}: expected a 1-D array of labels, got shape {arr.shape}")
         if arr.size and arr.dtype.kind == "f":
+            if not np.isfinite(arr).all():
+                bad = int(np.flatnonzero(~np.isfinite(arr))[0])
+                raise ValueError(f"{path}: label {arr[bad]} at index {bad} is not a class index "
+                                 "(labels are 0..C-1); fix that entry")
             if not np.all(arr == np.round(arr)):
                 raise ValueError(f"{path}: labels must be whole numbers, got dtype {arr.dtype}")
         elif arr.size and arr.dtype.kind not in "iu":
             raise ValueError(f"{path}: labels must be integers, got dtype {arr.dtype}")
         return arr.astype(np.int64)
     if suffix == ".csv":
-        with open(path, newline="") as f:
-            rows = [r for r in csv.reader(f) if r and any(x.strip() for x in r)]
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.reader(f) if r and any(x.strip() for x in r)]
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[:e.start].count(b"\n") + 1
+            raise ValueError(f"{path}: line {line}: bytes that are not UTF-8 text (0x"
+                             f"{e.object[e.start:e.start + 1].hex()}); a label file is text: "
+                             "one integer label per line (or a 'label' column)") from None
         if not rows:
             raise ValueError(f"{path}: empty CSV; expected a 'label' column or a single column")
         header = [h.strip().lower() for h in rows[0]]

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from moit_explore.maths.noise import ASYMMETRIC_DATASETS, has_standard_flip_map
 from moit_explore.maths.validation import (
     BACKEND_CHOICES,
     BALANCE_CHOICES,
@@ -233,10 +234,18 @@ class TrainConfig(_Fields):
         if self.noise == "none" and self.rate != 0 and not self.noise_file:
             raise ValueError(f"noise='none' needs rate=0, got rate={self.rate}; pass --rate 0 "
                              "or choose --noise symmetric/asymmetric")
+        if self.noise == "asymmetric" and not self.noise_file \
+                and not has_standard_flip_map(self.dataset):
+            raise ValueError(f"noise='asymmetric' flips classes by the data set's standard map "
+                             f"(spec §6), which {self.dataset!r} does not have (only "
+                             f"{', '.join(ASYMMETRIC_DATASETS)} do); choose --noise symmetric, or "
+                             "give the labels yourself with --noise-file")
         for name in ("n_train", "n_test", "image_size"):
             check_int(name, getattr(self, name), 1, allow_none=True)
         for name in ("subset_seed", "noise_seed", "seed"):
-            check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), 0)
+            if getattr(self, name) > 2**63 - 1:  # torch's and NumPy's generators take 64 bits
+                raise ValueError(f"{name} must be < 2**63 = {2**63}, got {getattr(self, name)}")
         check_choice("arch", self.arch, ARCH_CHOICES)
         check_choice("projection", self.projection, PROJECTION_CHOICES)
         check_choice("shortcut", self.shortcut, SHORTCUT_CHOICES)

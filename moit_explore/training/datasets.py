@@ -181,7 +181,9 @@ def _canonical_name(name: str) -> str:
         raise ValueError(f"dataset name must be a string, one of: {', '.join(DATASET_NAMES)}")
     if name.lower().startswith("imagefolder:"):
         return "imagefolder"
-    key = name.strip().lower().replace("_", "-")
+    # no strip(): a name is read the same way here and in TrainConfig.validate ("cifar10 " is
+    # not a name), so that no spelling escapes the checks made on the canonical names
+    key = name.lower().replace("_", "-")
     aliases = {"digits": "digits", "fashion-mnist": "fashion-mnist", "fashionmnist":
                "fashion-mnist", "fmnist": "fashion-mnist", "cifar10": "cifar10",
                "cifar-10": "cifar10", "cifar100": "cifar100", "cifar-100": "cifar100"}
@@ -417,16 +419,40 @@ def _load_cifar100(root: Path, download: bool) -> DatasetBundle:
 
 
 def _class_images(folder: Path) -> dict[str, list[Path]]:
-    """{class name: sorted image files} for the class sub-folders of ``folder`` (no hidden)."""
+    """{class name: sorted image files} for the class sub-folders of ``folder``; hidden files
+    and folders (``.ipynb_checkpoints/``, ``.thumbs/`` ...) at any depth are no images of it."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     out = {}
     for c in classes:
         files = sorted(
             p for p in (folder / c).rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(folder / c).parts)
         )
         out[c] = files
     return out
+
+
+def _to_8bit(im):  # noqa: ANN001, ANN202 -- a PIL image in, a PIL image out
+    """``im`` as 8-bit values, scaled by its bit depth: 16-bit integers (modes I;16*, and I,
+    which Pillow gives 16-bit files) divided by 257, floats (mode F) read as intensities in
+    [0, 1] times 255; 8-bit images as they are."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.float64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"32-bit integer values {a.min():.0f}..{a.max():.0f} "
+                             "do not fit 16 bits; save it as an 8- or 16-bit image")
+        return Image.fromarray(np.rint(a / 257.0).astype(np.uint8), mode="L")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+            raise ValueError(f"floating-point values {np.nanmin(a):g}.."
+                             f"{np.nanmax(a):g}, but a float image is read as intensities in "
+                             "[0, 1]; scale it to [0, 1] or save it as an 8-bit image")
+        return Image.fromarray(np.rint(a * 255.0).astype(np.uint8), mode="L")
+    return im
 
 
 def _read_images(files: list[Path], size: int, channels: int, progress: bool) -> np.ndarray:
@@ -438,8 +464,11 @@ def _read_images(files: list[Path], size: int, channels: int, progress: bool) ->
     for i, f in enumerate(tqdm(files, desc="images", disable=not progress)):
         try:
             with Image.open(f) as im:
-                im = im.convert(mode).resize((size, size), Image.BILINEAR)
+                im = _to_8bit(im).convert(mode).resize((size, size), Image.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"image {f} is too large to read safely ({e}); it may be a "
+                             "decompression bomb: shrink it or delete it") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise ValueError(f"cannot read image {f}: {e}; delete or replace the file") from e
         out[i] = arr.reshape(size, size, channels)

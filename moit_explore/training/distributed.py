@@ -81,8 +81,9 @@ def env_world_size() -> int:
 
 
 def env_rank() -> int:
-    """RANK as torchrun sets it (0 without torchrun)."""
-    return int(os.environ.get("RANK", "0") or 0)
+    """RANK as torchrun sets it; 0 in a process that torchrun did not start as one of several
+    (a stray RANK in the environment must not make a lone process skip the run's lock)."""
+    return int(os.environ.get("RANK", "0") or 0) if launched() else 0
 
 
 def launched() -> bool:

@@ -24,6 +24,8 @@ deleted: a symbolic link inside it is refused, naming the link.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import math
 import os
@@ -49,13 +51,12 @@ __all__ = [
     "Run",
     "RunDirInUseError",
     "check_no_symlinks",
+    "check_not_in_use",
     "check_training_state",
     "command",
     "lock_run_dir",
-    "image_list_changes",
     "remove_stale_temporaries",
     "run_dir_path",
-    "save_image_list",
     "trusted_data_root",
     "append_metrics",
     "atomic_target",
@@ -74,6 +75,7 @@ __all__ = [
     "truncate_metrics",
     "unique_run_dir",
     "write_json_atomic",
+    "write_new_file",
 ]
 
 CONFIG_FILE = "config.json"
@@ -82,8 +84,11 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 EMBEDDINGS_DIR = "embeddings"
 FINAL_FILE = "final.npz"
-IMAGES_FILE = "train_images.json"
 LOCK_FILE = ".lock"
+# what a run directory holds (a MOIT+ run sits in finetune/, or a folder named by --name);
+# --overwrite removes only folders of these names and the temporaries of atomic writes
+RUN_FILES = frozenset({CONFIG_FILE, NOISE_FILE, METRICS_FILE, CHECKPOINT_FILE, EMBEDDINGS_DIR,
+                       "trained_on.json", "train_images.json", LOCK_FILE})
 _SNAPSHOT_RE = re.compile(r"^epoch_(\d{4,})\.npz$")
 # atomic_target's temporary files: "." + the target's name + "." + mkstemp's 8 characters
 _TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|npz)$")
@@ -105,7 +110,8 @@ def command(*args: Any) -> str:
 
 def run_dir_path(root: str | Path, name: str) -> Path:
     """``root/name``, with ``name`` checked to be a plain folder name."""
-    if not name or Path(name).name != name or name in (".", ".."):
+    if not isinstance(name, str) or not name or Path(name).name != name \
+            or name in (".", "..") or "/" in name or "\0" in name:
         raise ValueError(f"run name must be a plain folder name, got {name!r}; "
                          "pass e.g. --name moit-sym40")
     return Path(root).expanduser() / name
@@ -115,8 +121,9 @@ def create_run_dir(root: str | Path, name: str, *, overwrite: bool = False) -> P
     """Create ``root/name`` for a new run and return it.
 
     An existing non-empty folder is never reused silently: it raises FileExistsError naming the
-    folder and the ways out, unless ``overwrite=True``, which empties it first (refusing, and
-    touching nothing, when it holds a symbolic link).
+    folder and the ways out, unless ``overwrite=True``, which empties it first. Only a run
+    directory this package wrote is emptied (:func:`check_run_dir_only`): a folder with a
+    symbolic link, a file of another name, or no config.json is refused, touching nothing.
     """
     path = run_dir_path(root, name)
     if path.is_symlink():
@@ -133,14 +140,34 @@ def create_run_dir(root: str | Path, name: str, *, overwrite: bool = False) -> P
                    if (path / CHECKPOINT_FILE).is_file() else "") + "."
             )
         check_no_symlinks(path, "--overwrite")
+        check_run_dir_only(path, "--overwrite")
         _empty_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def _has_content(path: Path) -> bool:
-    """Whether a folder holds anything besides a run's lock file."""
-    return any(p.name != LOCK_FILE for p in path.iterdir())
+    """Whether a folder holds anything besides a run's lock file and the temporaries of a write
+    killed before the run's first file was written."""
+    names = [p.name for p in path.iterdir()]
+    return any(n != LOCK_FILE and not (_TEMP_RE.match(n) and LOCK_FILE in names) for n in names)
+
+
+def check_run_dir_only(path: str | Path, action: str) -> None:
+    """Raise FileExistsError unless ``path`` holds only what a run writes (:data:`RUN_FILES`,
+    a MOIT+ run folder, temporaries of atomic writes) and its config.json: ``action`` (e.g.
+    --overwrite) would remove files this package did not write."""
+    path = Path(path)
+    names = sorted(p.name for p in path.iterdir())
+    foreign = [n for n in names if n not in RUN_FILES and not _TEMP_RE.match(n)
+               and not (is_run_dir(path / n) and (path / n).is_dir())]
+    if foreign or CONFIG_FILE not in names:
+        what = (f"it holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which a "
+                "run does not write" if foreign else f"it has no {CONFIG_FILE}")
+        raise FileExistsError(
+            f"refusing {action} of {path}: it is not a run directory written by moit_explore "
+            f"({what}), and {action} removes only those. Choose another --name, or move those "
+            "files away yourself")
 
 
 def check_no_symlinks(path: str | Path, action: str = "train in it") -> None:
@@ -196,6 +223,13 @@ def lock_run_dir(path: str | Path, action: str = "train in it", *,
     if not create and not path.is_dir():
         raise FileNotFoundError(f"run directory {path} does not exist; pass a folder written by "
                                 "`python -m moit_explore train` (e.g. runs/<name>)")
+    # a folder that is not a run's is refused before anything is created or removed in it
+    if path.is_dir() and (not create or _has_content(path)) and not is_run_dir(path):
+        if not create:
+            load_run(path)  # raises, naming the folder (and the run folders inside it)
+        raise FileExistsError(
+            f"{path} exists and is not a run directory (no {CONFIG_FILE}); refusing to {action}: "
+            "nothing in it is touched. Choose another --name (or another folder)")
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
                  0o644)
@@ -214,10 +248,31 @@ def lock_run_dir(path: str | Path, action: str = "train in it", *,
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def check_not_in_use(path: str | Path, action: str) -> None:
+    """Raise :class:`RunDirInUseError` when a process holds ``path``'s lock (it trains there and
+    its files are about to change); creates nothing."""
+    import fcntl  # noqa: PLC0415 -- POSIX only; imported where it is used
+
+    try:
+        fd = os.open(Path(path) / LOCK_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return  # no lock file: nothing ever trained there, or not a run directory
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunDirInUseError(
+            f"run directory {path} is in use: a process is training in it, so its final "
+            f"features are about to change; refusing to {action}. Wait for it to finish and "
+            "try again") from None
+    finally:
+        os.close(fd)
+
+
 def unique_run_dir(root: str | Path, name: str) -> Path:
-    """``root/name`` if free (missing or empty), else the first free ``root/name-2``, ``-3`` ..."""
+    """``root/name`` if free (missing or empty), else the first free ``root/name-2``, ``-3`` ...
+    (``name`` must be a plain folder name, as :func:`run_dir_path` checks)."""
     root = Path(root).expanduser()
-    candidate, n = root / name, 1
+    candidate, n = run_dir_path(root, name), 1
     while candidate.exists() and (not candidate.is_dir() or _has_content(candidate)):
         n += 1
         candidate = root / f"{name}-{n}"
@@ -260,6 +315,34 @@ def atomic_target(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def write_new_file(path: str | Path, write: Any, flag: str = "a new file name") -> Path:
+    """Create ``path`` with ``write(tmp_path)``, never replacing a file: the bytes go to a
+    temporary file in the same folder, which is then hard-linked to ``path`` (an atomic step
+    that fails when ``path`` exists). A failed write (a full disk) leaves nothing behind.
+    ``flag``: what the FileExistsError tells the user to pass instead."""
+    path = Path(path).expanduser()
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(f"{path} exists; pass {flag} (this never replaces a file)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        os.chmod(tmp_path, 0o644)
+        write(tmp_path)
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp_path, path)
+        except FileExistsError:
+            raise FileExistsError(f"{path} exists; pass {flag} (this never replaces a file)"
+                                  ) from None
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path
+
+
 def jsonable(obj: Any) -> Any:
     """Plain JSON values: NumPy scalars/arrays, tuples and Paths converted; NaN/inf -> null."""
     if isinstance(obj, dict):
@@ -284,63 +367,126 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file; a missing or malformed file gets an error naming it."""
+def open_run_file(path: str | Path, mode: str = "rb") -> Any:
+    """Open a file of a run directory without following a symbolic link (a link planted in a
+    run directory must not make a run read or write elsewhere): modes "rb" and "ab"."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+    flags = {"rb": os.O_RDONLY,
+             "ab": os.O_WRONLY | os.O_APPEND | os.O_CREAT}[mode] | getattr(os, "O_NOFOLLOW", 0)
     try:
-        return json.loads(path.read_text())
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}); a run "
+                             "directory's files are never read or written through a link. "
+                             "Replace it by the file itself") from None
+        if isinstance(e, FileNotFoundError):
+            raise FileNotFoundError(f"{path} does not exist") from None
+        raise
+    return os.fdopen(fd, mode)
+
+
+def _text(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: bytes that are not UTF-8 text (0x"
+                         f"{data[e.start:e.start + 1].hex()} at byte {e.start}); the file is "
+                         "damaged: restore it from a copy, or re-run the training that wrote "
+                         "it") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file (not through a symbolic link); a missing, undecodable or malformed file
+    gets an error naming it."""
+    path = Path(path)
+    if not path.is_file() and not path.is_symlink():
+        raise FileNotFoundError(f"{path} does not exist")
+    with open_run_file(path) as f:
+        text = _text(path, f.read())
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); the file is damaged: restore it or "
                          "re-run the training that wrote it") from e
 
 
 def append_metrics(run_dir: str | Path, row: dict) -> None:
-    """Append one JSON line to ``run_dir/metrics.jsonl`` (flushed and fsynced)."""
+    """Append one JSON line to ``run_dir/metrics.jsonl`` (flushed and fsynced; never through a
+    symbolic link)."""
     path = Path(run_dir) / METRICS_FILE
     line = json.dumps(jsonable(row), allow_nan=False)
-    with open(path, "a") as f:
-        f.write(line + "\n")
+    with open_run_file(path, "ab") as f:
+        f.write((line + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
+
+
+def _metric_lines(path: Path) -> list[tuple[int, str, dict | None]]:
+    """(line number, text, parsed row or None when damaged) of each non-empty line."""
+    if not path.is_file() and not path.is_symlink():
+        return []
+    with open_run_file(path) as f:
+        text = _text(path, f.read())
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if row is not None and not isinstance(row, dict):
+            raise ValueError(f"{path}, line {i}: {line.strip()[:60]!r} is not a JSON object of "
+                             "one epoch's metrics; the file is damaged: delete that line (or "
+                             "re-train the run with --overwrite)")
+        out.append((i, line, row))
+    return out
 
 
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     """``metrics.jsonl`` as a DataFrame (one row per epoch; null -> NaN); empty if missing.
 
-    A truncated last line (a run killed while writing) is skipped.
+    A damaged line (a run killed while writing its last line) is skipped.
     """
     path = Path(run_dir) / METRICS_FILE
     rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {len(rows) + 1}: {line.strip()[:60]!r} is not a "
-                                 "JSON object of one epoch's metrics; the file is damaged: "
-                                 "delete that line (or re-train the run with --overwrite)")
-            rows.append(row)
+    for i, _, row in _metric_lines(path):
+        if row is None:
+            continue
+        for key, v in row.items():
+            if v is not None and not isinstance(v, (int, float)):
+                raise ValueError(f"{path}, line {i}: {key} is {v!r}, not a number; the file is "
+                                 "damaged or was edited: restore that value (or delete the "
+                                 "line)")
+        rows.append(row)
     df = pd.DataFrame(rows)
     return df.astype({c: float for c in df.columns if df[c].isna().all()})
 
 
 def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Drop metric rows after ``last_epoch`` (a resume continues from the checkpoint)."""
+    """Drop metric rows after ``last_epoch`` (a resume continues from the checkpoint).
+
+    A damaged line is dropped only when it is the last (a run killed while writing it); one
+    before it is a checkpointed epoch's row: the file is left as it is, and a ValueError names
+    the line."""
     path = run_dir / METRICS_FILE
-    if not path.is_file():
+    lines = _metric_lines(path)
+    if not lines:
         return
+    for i, line, row in lines[:-1]:
+        if row is None:
+            raise ValueError(f"{path}, line {i}: {line.strip()[:60]!r} is damaged (not JSON); it "
+                             "is the row of an epoch the checkpoint holds, and resuming would "
+                             "lose it. Repair that line (or delete it to give the row up) and "
+                             "resume again")
     keep = []
-    for line in path.read_text().splitlines():
+    for _, line, row in lines:
         try:
-            if int(json.loads(line).get("epoch", 0)) <= last_epoch:
+            if row is not None and int(row.get("epoch", 0)) <= last_epoch:
                 keep.append(line)
-        except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError):
             continue
     with atomic_target(path) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in keep))
@@ -357,7 +503,13 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """
     path = Path(path)
     with atomic_target(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch's writer says "basic_ios::clear: iostream error"
+            full = shutil.disk_usage(path.parent).free < (1 << 20)
+            raise OSError(errno.ENOSPC if full else errno.EIO,
+                          f"{'No space left on device' if full else 'write failed'} "
+                          f"(torch.save: {str(e).strip()[:80]})", str(path)) from None
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -375,7 +527,8 @@ def load_checkpoint(path: str | Path) -> dict:
             "with --overwrite added"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_run_file(path) as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError ...
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ValueError(
@@ -475,7 +628,7 @@ def _load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_run_file(path) as f, np.load(f, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:  # BadZipFile, EOFError, an object array ...: the file is damaged
         raise ValueError(f"{path} is damaged (corrupt, truncated or not an array file written "
@@ -487,9 +640,6 @@ def _load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
 
 # the project's data folder (next to the package), where data sets live by default
 PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
-# data sets read from data_root (digits ships with scikit-learn; image folders name their own)
-_ROOT_DATASETS = ("cifar10", "cifar-10", "cifar100", "cifar-100", "fashion-mnist", "fmnist",
-                  "fashionmnist")
 
 
 def trusted_data_root(config: dict, source: str | Path, explicit: str | Path | None = None,
@@ -505,13 +655,16 @@ def trusted_data_root(config: dict, source: str | Path, explicit: str | Path | N
     if explicit is not None:
         return str(Path(explicit).expanduser().resolve())
     stored = config.get("data_root", "data")
-    dataset = str(config.get("dataset", "")).lower().replace("_", "-")
+    dataset = config.get("dataset")
     if not isinstance(stored, str):
         raise ValueError(f"{source}: data_root must be a folder name, got {stored!r}; pass "
                          "--data-root DIR")
     path = Path(stored).expanduser()
     path = (path if path.is_absolute() else Path.cwd() / path).resolve()
-    if dataset not in _ROOT_DATASETS:
+    # only the data sets that read nothing from data_root go unchecked (digits ships with
+    # scikit-learn, an image folder names its own path); any other name, however spelled, must
+    # have a trusted data_root
+    if isinstance(dataset, str) and (dataset == "digits" or dataset.startswith("imagefolder:")):
         return str(path)
     allowed = [PROJECT_DATA, (Path.cwd() / "data").resolve()]
     if any(path == a or a in path.parents for a in allowed):
@@ -522,44 +675,6 @@ def trusted_data_root(config: dict, source: str | Path, explicit: str | Path | N
                      f"({PROJECT_DATA}): a run directory from elsewhere does not choose where "
                      "data are read from (CIFAR's files are Python pickles, which can run "
                      f"code). If you trust that folder, say so yourself:{retry}")
-
-
-def save_image_list(run_dir: str | Path, paths: list[str]) -> Path:
-    """Record each training image's file (resolved), size and modification time, in training
-    order, as ``train_images.json``: what ``detect --csv`` names, whatever the folder holds
-    later."""
-    entries = []
-    for p in paths:
-        f = Path(p).expanduser().resolve()
-        st = f.stat()
-        entries.append({"path": str(f), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)})
-    path = Path(run_dir) / IMAGES_FILE
-    write_json_atomic(path, {"files": entries})
-    return path
-
-
-def image_list_changes(run_dir: str | Path) -> tuple[list[str], list[str]] | None:
-    """(stored paths, the ones changed since: missing, or another size or modification time),
-    or None for a run without ``train_images.json``."""
-    path = Path(run_dir) / IMAGES_FILE
-    if not path.is_file():
-        return None
-    data = read_json(path)
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, list) or not all(isinstance(e, dict) and "path" in e for e in files):
-        raise ValueError(f"{path} is damaged (expected {{'files': [{{'path', 'size', "
-                         "'mtime_ns'}, ...]}); restore it, or train the run again with the same "
-                         "flags plus --overwrite")
-    changed = []
-    for e in files:
-        try:
-            st = os.stat(e["path"])
-        except OSError:
-            changed.append(e["path"])
-            continue
-        if st.st_size != e.get("size") or st.st_mtime_ns != e.get("mtime_ns"):
-            changed.append(e["path"])
-    return [str(e["path"]) for e in files], changed
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -625,13 +740,57 @@ class Run:
 
         data_root: where the data sets are (None: the stored one, which must lie in the
         project's data folder, see :func:`trusted_data_root`)."""
+        from moit_explore.training import fingerprint  # noqa: PLC0415 -- it imports runs
+
         root = trusted_data_root(self.config, self.path / CONFIG_FILE, data_root)
         cfg = TrainConfig.from_dict(self.config).replace(data_root=root)
-        return datasets.training_subset(cfg, download=False)
+        bundle = datasets.training_subset(cfg, download=False)
+        if self.noise is not None:  # the images as they are now must be those trained on
+            fingerprint.check_data(self.path, bundle, self.noise, cfg.noise_file,
+                                   action=f"reload the data of {self.path}",
+                                   fix="train a new run on the data as they are now")
+        return bundle
 
     def __repr__(self) -> str:
         return (f"Run({str(self.path)!r}, method={self.method!r}, epochs={len(self.metrics)}, "
                 f"snapshots={self.snapshot_epochs})")
+
+
+_EXTRA_FIELDS = {"classes": list, "num_classes": int, "n_train_actual": int,
+                 "n_test_actual": int, "image_shape": list, "true_labels_known": bool}
+
+
+def _checked_config(config: Any, path: Path) -> dict:
+    """config.json's settings, each checked as a new run's are (TrainConfig.validate, and the
+    fine-tuning's FinetuneConfig.validate), so that every command reads one run the same way."""
+    from moit_explore.training.config import FinetuneConfig  # noqa: PLC0415
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is damaged or was edited: {why}. Restore it from a copy, or "
+                          "train the run again with the same flags plus --overwrite")
+
+    if not isinstance(config, dict):
+        raise bad(f"it holds {json.dumps(config)[:40]} instead of an object of settings")
+    for key, kind in _EXTRA_FIELDS.items():
+        v = config.get(key)
+        if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
+            raise bad(f"{key} is {v!r}, not a {kind.__name__}")
+    if not all(isinstance(c, str) for c in config.get("classes", [])):
+        raise bad("classes must be a list of class names")
+    plus = config.get("method") == "moit+"
+    try:  # a MOIT+ run's settings are its base run's, with the fine-tuning's on top
+        cfg = TrainConfig.from_dict(dict(config, method=config.get("base_method", "moit"))
+                                    if plus else config).validate()
+        if plus:
+            ft = config.get("finetune")
+            if not isinstance(ft, dict):
+                raise ValueError("a MOIT+ run needs its fine-tuning settings (finetune)")
+            names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+            FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in ft.items() if k in names}).validate()
+    except (TypeError, ValueError) as e:
+        raise bad(str(e)) from None
+    return config if plus else dict(config, **jsonable(cfg.to_dict()))
 
 
 def load_run(path: str | Path | Run) -> Run:
@@ -650,12 +809,15 @@ def load_run(path: str | Path | Run) -> Run:
             hint = f" It contains run directories: {', '.join(subs[:8])}."
         raise ValueError(f"{path} is not a run directory (no {CONFIG_FILE}).{hint} Pass a folder "
                          "written by `python -m moit_explore train`")
-    config = read_json(path / CONFIG_FILE)
-    if not isinstance(config, dict):
-        raise ValueError(f"{path / CONFIG_FILE} is damaged: it holds {json.dumps(config)[:40]} "
-                         "instead of an object of settings. Restore it from a copy, or train "
-                         "the run again with the same flags plus --overwrite")
+    check_no_symlinks(path, "read it")
+    config = _checked_config(read_json(path / CONFIG_FILE), path / CONFIG_FILE)
     noisy = noise.load_noise(path / NOISE_FILE) if (path / NOISE_FILE).is_file() else None
+    n = config.get("n_train_actual")
+    if noisy is not None and n is not None and len(noisy) != n:
+        raise ValueError(f"{path / NOISE_FILE} holds {len(noisy)} labels, but the run trained on "
+                         f"{n} images ({CONFIG_FILE}'s n_train_actual): it is another run's file. "
+                         "Restore this run's noise.npz, or train the run again with the same "
+                         "flags plus --overwrite")
     emb = path / EMBEDDINGS_DIR
     epochs = sorted(int(m.group(1)) for p in (emb.iterdir() if emb.is_dir() else [])
                     if (m := _SNAPSHOT_RE.match(p.name)))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from moit_explore.maths import memory, models
-from moit_explore.training import distributed, engine, runs
+from moit_explore.training import distributed, engine, fingerprint, runs
 from moit_explore.training.config import (
     FinetuneConfig,
     TrainConfig,
@@ -109,6 +109,9 @@ def _resolved_paths(cfg: TrainConfig) -> TrainConfig:
     changes: dict[str, Any] = {"data_root": str(Path(cfg.data_root).expanduser().resolve())}
     if cfg.noise_file:
         changes["noise_file"] = str(Path(cfg.noise_file).expanduser().resolve())
+        # the file gives the labels: no synthetic noise is drawn, and config.json says so
+        # (noise_actual_rate then holds the file's share of wrong labels)
+        changes.update(noise="none", rate=0.0)
     kind, _, folder = cfg.dataset.partition(":")
     if kind.lower() == "imagefolder" and folder:
         changes["dataset"] = f"{kind}:{Path(folder).expanduser().resolve()}"
@@ -221,8 +224,9 @@ def _write_training_header(s: Session) -> None:
                 augment_resolved=s.cfg.augment_name(), torch_version=torch.__version__)
     runs.write_json_atomic(s.run_dir / runs.CONFIG_FILE, cfgd)
     runs.save_noise(s.run_dir, s.noisy)
-    if s.bundle.train_paths is not None:  # an image folder: the files the run trained on
-        runs.save_image_list(s.run_dir, s.bundle.train_paths)
+    # what the run trains on: resume, finetune and detect --csv check it before reusing the run
+    fingerprint.save_fingerprint(s.run_dir, fingerprint.data_fingerprint(
+        s.bundle, s.noisy, s.cfg.noise_file))
 
 
 # --------------------------------------------------------------------------- resuming
@@ -298,7 +302,18 @@ def _resume(run_dir: Path, progress: bool | None, on_epoch_end: EpochCallback | 
 
 def _resume_session(s: Session, state: dict, run: Any, overrides: dict, progress: bool | None,
                     on_epoch_end: EpochCallback | None) -> Path:
-    engine.restore(s, state)
+    fingerprint.check_data(
+        s.run_dir, s.bundle, s.noisy, s.base_cfg.noise_file, action=f"resume {s.run_dir}",
+        fix="train a new run with the same flags under another --name (or add --overwrite "
+            "to replace this one)")
+    try:
+        engine.restore(s, state)
+    except (RuntimeError, KeyError) as e:  # states of other shapes than the model's
+        ck, why = s.run_dir / runs.CHECKPOINT_FILE, (str(e).strip().splitlines() or [""])[-1]
+        raise ValueError(f"checkpoint {ck} does not fit the run its config.json describes "
+                         f"({type(e).__name__}: {why[:160]}); it is "
+                         "another run's checkpoint. Restore the run's own files, or train it "
+                         "again with --overwrite") from None
     if s.writes:
         runs.truncate_metrics(s.run_dir, state["epoch"])
         if overrides:
@@ -381,6 +396,13 @@ def prepare_finetune(run_dir: str | Path, fcfg: FinetuneConfig, *,
             raise FileNotFoundError(f"{final_path} does not exist: the run was stopped before "
                                     "its first epoch ended, so there is nothing to fine-tune. "
                                     "Train it again: the same command with --overwrite added")
+        state = runs.check_training_state(runs.load_checkpoint(ck_path), ck_path)
+        if state["epoch"] >= int(run.config.get("epochs", 0)):  # finished, then the file lost
+            raise FileNotFoundError(
+                f"{final_path} does not exist, though the run finished (its checkpoint is of "
+                f"epoch {state['epoch']}): the file was deleted, and only training writes it. "
+                "Restore it from a copy, or train the run again: the same command with "
+                "--overwrite added")
         raise FileNotFoundError(f"{final_path} does not exist: the run has not finished. Finish "
                                 f"it first: {runs.command('train', '--resume', run_dir)}")
     final = run.final()
@@ -405,7 +427,14 @@ def prepare_finetune(run_dir: str | Path, fcfg: FinetuneConfig, *,
     in_ch = int(run.config["image_shape"][2])
     model = models.build_model(cfg.arch, c, in_ch, width=cfg.width, projection=cfg.projection,
                                embed_dim=cfg.embed_dim, shortcut=cfg.shortcut)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # weights of other shapes than config.json's model
+        first = (str(e).strip().splitlines() or [""])[-1].strip()[:160]
+        raise ValueError(f"checkpoint {ck_path} does not fit the model {run_dir}'s config.json "
+                         f"describes ({first}); it is another run's checkpoint, or config.json "
+                         "was edited. Restore the run's own files, or train it again with "
+                         "--overwrite") from None
     torch.manual_seed(fcfg.seed)
     models.reset_classifier(model)
     indices = np.flatnonzero(np.asarray(final["clean"], dtype=bool))
@@ -450,6 +479,12 @@ def _finetune_locked(run_dir: Path, fcfg: FinetuneConfig, setup: FinetuneSetup,
     engine.set_threads()
     with _removed_if_empty_on_error(out):
         s = _finetune_session(run_dir, fcfg, out, setup)
+        # checked before create_run_dir: --overwrite must not remove a fine-tune for nothing
+        fingerprint.check_data(
+            run_dir, s.bundle, s.noisy, s.base_cfg.noise_file, action=f"fine-tune {run_dir}",
+            fix="train a new base run on them (the same flags, another --name) and fine-tune "
+                "that")
+        runs.create_run_dir(run_dir, fcfg.name, overwrite=fcfg.overwrite)
     cfgd = dict(setup.base_config)
     cfgd.update(fcfg.to_dict())
     cfgd.update(method=fine_tuning().name, base_method=setup.base_config.get("method"),
@@ -458,8 +493,8 @@ def _finetune_locked(run_dir: Path, fcfg: FinetuneConfig, setup: FinetuneSetup,
                 amp_resolved=s.amp, augment_resolved=fcfg.augment)
     runs.write_json_atomic(out / runs.CONFIG_FILE, cfgd)
     runs.save_noise(out, s.noisy)
-    if (run_dir / runs.IMAGES_FILE).is_file():  # the image files, for detect --csv
-        shutil.copyfile(run_dir / runs.IMAGES_FILE, out / runs.IMAGES_FILE)
+    if (run_dir / fingerprint.TRAINED_ON_FILE).is_file():  # MOIT+ trained on the same data
+        shutil.copyfile(run_dir / fingerprint.TRAINED_ON_FILE, out / fingerprint.TRAINED_ON_FILE)
     return engine.run(s, fcfg.progress if progress is None else progress, on_epoch_end)
 
 
