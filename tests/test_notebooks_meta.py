@@ -144,7 +144,7 @@ def _takeaway_asserts(code: str) -> list[tuple[str, bool]]:
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_takeaway_comment_sits_on_an_assert(name):
     """A reader finds the assertion behind each takeaway: a ``# takeaway:`` comment right above
-    an ``assert`` on the numbers (README, "Where each takeaway is checked")."""
+    an ``assert`` on the numbers (docs/course.md, "Where each takeaway is checked")."""
     nb = _load(name)
     pairs = [p for c in _code_cells(nb) for p in _takeaway_asserts(_source(c))]
     assert len(pairs) >= 2, f"{name}: mark the assertions behind its takeaways (# takeaway: ...)"
@@ -168,12 +168,14 @@ def test_ends_with_exercises_and_collapsed_answers(name):
     assert answers.count("`") >= 4, f"{name}: answers should show how to check them"
 
 
-def test_readme_course_table_lists_every_notebook_and_where_takeaways_are_checked():
+def test_readme_and_docs_list_every_notebook_and_where_takeaways_are_checked():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     course = readme.split("## The course", 1)[1].split("\n## ", 1)[0]
+    reference = (ROOT / "docs" / "course.md").read_text(encoding="utf-8")
     for name in NOTEBOOKS:
         assert f"`{name.removesuffix('.ipynb')}`" in course, f"README's course table lacks {name}"
-    assert "# takeaway:" in course
+        assert f"`{name.removesuffix('.ipynb')}`" in reference, f"docs/course.md lacks {name}"
+    assert "# takeaway:" in reference
 
 
 def _smoke_flag(value: str | None) -> bool:
