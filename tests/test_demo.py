@@ -49,3 +49,38 @@ def test_ce_that_does_not_memorise_and_wins_is_said_so():
     text = " ".join(lines)
     assert "CE does not memorise the noise" in text and "memorises the noise:" not in text
     assert "MOIT+ ends at 0.760, 6.0 points behind CE's last epoch" in text
+
+
+def _det_metrics(f1, auroc):
+    f1 = np.asarray(f1, dtype=float)
+    return pd.DataFrame({"epoch": np.arange(1, len(f1) + 1), "det_f1": f1,
+                         "det_precision": f1 - 0.05, "det_recall": f1 + 0.05,
+                         "det_auroc": np.asarray(auroc, dtype=float),
+                         "test_acc": np.linspace(0.5, 0.6, len(f1))})
+
+
+def test_detection_over_training_both_verdicts():
+    better = demo.detection_over_training(_det_metrics([0.8, 0.93, 0.9], [0.9, 0.97, 0.975]),
+                                          _det_metrics([0.8, 0.85, 0.88], [0.9, 0.95, 0.96]))
+    text = " ".join(better)
+    assert "detection improves as the embedding learns: F1 0.800 after epoch 1" in text
+    assert "0.900 after epoch 3" in text and "best F1 0.930 at epoch 2" in text
+    assert "is ahead of the same detector on CE's encoder features: AUROC 0.975 vs 0.960, " \
+           "F1 0.900 vs 0.880" in text
+    worse = " ".join(demo.detection_over_training(
+        _det_metrics([0.81, 0.77], [0.95, 0.91]), _det_metrics([0.8, 0.89], [0.9, 0.96])))
+    assert "gets worse as MOIT trains: F1 0.810 after epoch 1" in worse
+    assert "is not ahead of (on AUROC and F1 both) the same detector" in worse
+
+
+def test_detection_over_training_of_a_real_run(tmp_path):
+    """On a real (smoke) MOIT run the sentence quotes the run's own first and last epochs."""
+    from moit_explore.training import presets, runs, train
+
+    run = runs.load_run(train.train(presets.preset("smoke", method="moit",
+                                                   runs_root=str(tmp_path), name="m")))
+    m = run.metrics
+    line = demo.detection_over_training(m)[0]
+    assert f"F1 {m['det_f1'].iloc[0]:.3f} after epoch 1" in line
+    assert f"{m['det_f1'].iloc[-1]:.3f} after epoch {len(m)}" in line
+    assert ("improves" in line) == bool(m["det_f1"].iloc[-1] > m["det_f1"].iloc[0])

@@ -33,7 +33,7 @@ from moit_explore.course import figures
 from moit_explore.training import presets, runs, train
 from moit_explore.training.methods import get_method
 
-__all__ = ["run_demo", "write_figures"]
+__all__ = ["describe", "detection_over_training", "run_demo", "write_figures"]
 
 # summarize_runs columns shown in the demo's table, with their headings
 _SHOWN = {"epochs": "epochs", "test_acc_last": "test acc (last)",
@@ -145,11 +145,43 @@ def _points(diff: float) -> str:
     return f"{abs(diff) * 100:.1f} points {'ahead of' if diff >= 0 else 'behind'}"
 
 
-def describe(summary: pd.DataFrame, ce_metrics: pd.DataFrame, noise: Any) -> list[str]:
+def detection_over_training(moit_metrics: pd.DataFrame,
+                            ce_metrics: pd.DataFrame | None = None) -> list[str]:
+    """Sentences on MOIT's detection as it trains (epoch 1 against the last, from the per-epoch
+    metrics) and, with CE's metrics, on the same detector over CE's encoder features after the
+    last epoch (AUROC and F1)."""
+    m = moit_metrics.dropna(subset=["det_f1"]) if "det_f1" in moit_metrics else None
+    if m is None or m.empty:
+        return []
+    first, last = m.iloc[0], m.iloc[-1]
+    best = m.loc[m["det_f1"].idxmax()]
+    trend = ("improves as the embedding learns" if last["det_f1"] > first["det_f1"]
+             else "gets worse as MOIT trains")
+    lines = [
+        f"MOIT's detection {trend}: F1 {first['det_f1']:.3f} after epoch {int(first['epoch'])} "
+        f"(precision {first['det_precision']:.1%}, recall {first['det_recall']:.1%}), "
+        f"{last['det_f1']:.3f} after epoch {int(last['epoch'])} (precision "
+        f"{last['det_precision']:.1%}, recall {last['det_recall']:.1%}); its best F1 "
+        f"{best['det_f1']:.3f} at epoch {int(best['epoch'])} (detection.png)."]
+    if ce_metrics is not None and {"det_f1", "det_auroc"} <= set(ce_metrics) \
+            and "det_auroc" in m:
+        ce = ce_metrics.dropna(subset=["det_f1"]).iloc[-1]
+        ahead = last["det_auroc"] > ce["det_auroc"] and last["det_f1"] > ce["det_f1"]
+        verdict = ("ahead of" if ahead else "not ahead of (on AUROC and F1 both)")
+        lines.append(
+            f"After the last epoch, MOIT's detection on its own embedding is {verdict} the same "
+            f"detector on CE's encoder features: AUROC {last['det_auroc']:.3f} vs "
+            f"{ce['det_auroc']:.3f}, F1 {last['det_f1']:.3f} vs {ce['det_f1']:.3f}.")
+    return lines
+
+
+def describe(summary: pd.DataFrame, ce_metrics: pd.DataFrame, noise: Any, *,
+             moit_metrics: pd.DataFrame | None = None) -> list[str]:
     """What the demo's run shows, in sentences computed from its numbers.
 
     summary: reports.summarize_runs of {"CE", "MOIT", "MOIT+"}; ce_metrics: CE's per-epoch
-    metrics (for the epoch of its best test accuracy); noise: the runs' NoisyLabels.
+    metrics (for the epoch of its best test accuracy); noise: the runs' NoisyLabels;
+    moit_metrics: MOIT's per-epoch metrics (what the detection does over training).
     """
     ce = reports.memorisation(summary.loc["CE"])
     best_epoch = int(ce_metrics["epoch"][ce_metrics["test_acc"].idxmax()])
@@ -185,6 +217,8 @@ def describe(summary: pd.DataFrame, ce_metrics: pd.DataFrame, noise: Any) -> lis
     if pd.notna(cp) and pd.notna(cr):
         lines.append(f"The same detector on CE's encoder features: precision {cp:.1%}, recall "
                      f"{cr:.1%}.")
+    if moit_metrics is not None:
+        lines += detection_over_training(moit_metrics, ce_metrics)
     lines.append("test acc (best) is the best epoch seen on the test set: optimistic, shown "
                  "next to the last epoch.")
     return lines
@@ -218,7 +252,8 @@ def run_demo(root: str | Path = "runs", name: str = "demo", preset: str = "cpu-d
     summary = reports.summarize_runs({"CE": ce, "MOIT": moit, "MOIT+": moit_plus})
     text = _format_table(_shown(summary))
     elapsed = time.perf_counter() - t0
-    notes = "\n".join(f"- {line}" for line in describe(summary, ce.metrics, moit.noise)
+    notes = "\n".join(f"- {line}" for line in describe(summary, ce.metrics, moit.noise,
+                                                       moit_metrics=moit.metrics)
                       + [f"wall time: {elapsed:.0f} s"])
     print("\n" + text + "\n\n" + notes)
     figures = write_figures([ce, moit], out)
