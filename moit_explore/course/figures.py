@@ -255,7 +255,12 @@ def _clean_noisy_hist(ax: Any, values: np.ndarray, noisy: np.ndarray, bins: Any,
                       labels: tuple[str, str]) -> None:
     ax.hist(values[~noisy], bins=bins, color=CLEAN_COLOR, alpha=0.6, label=labels[0])
     ax.hist(values[noisy], bins=bins, color=NOISY_COLOR, alpha=0.6, label=labels[1])
-    ax.set_ylabel("samples")
+    small, large = sorted([int(noisy.sum()), int((~noisy).sum())])
+    if 0 < small * 20 < large:  # a linear axis would hide the small group's bars
+        ax.set_yscale("log")
+        ax.set_ylabel("samples (log scale)")
+    else:
+        ax.set_ylabel("samples")
     ax.legend(fontsize="small")
 
 
@@ -595,7 +600,7 @@ def plot_image_grid(
             color = title_colors[i] if title_colors is not None else "black"
             ax.set_title(str(titles[i]), fontsize="x-small", color=color)
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle, fontsize="small")
     return fig
 
 

@@ -32,6 +32,7 @@ from moit_explore.maths import noise as noise_mod
 from moit_explore.maths.neighbors import Neighbors
 from moit_explore.maths.validation import (
     BALANCE_CHOICES,
+    DEFAULT_BALANCE,
     check_choice,
     check_k,
     check_labels,
@@ -224,7 +225,7 @@ class KSliderPanel(_Panel):
         num_classes: int,
         *,
         is_noisy: Any = None,
-        balance: str = "median",
+        balance: str = DEFAULT_BALANCE,
         k: int | None = None,
         bins: int = 24,
         torch_threads: int | None = 1,
@@ -537,9 +538,12 @@ class SuspiciousImagesPanel(_Panel):
         if self.true_labels is not None:  # red: truly mislabelled
             colors = ["tab:red" if self.true_labels[i] != self.labels[i] else "tab:green"
                       for i in idx]
+        key = "titles: given label → the neighbours' label, d = discrepancy"
+        if colors is not None:
+            key += "; red: the given label is truly wrong, green: it is right"
         fig = _figure(1.0, 1.0)  # sized by the grid
         figures.plot_image_grid(self.images[idx], titles, ncols=self.ncols, panel=1.4,
-                            title_colors=colors, fig=fig)
+                                title_colors=colors, fig=fig, suptitle=key)
         self._image.value = _png(fig)
 
 
