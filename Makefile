@@ -16,11 +16,13 @@ export PYTHONHASHSEED ?= 0
 # alone (the notebooks also say %matplotlib inline, so their figures show under agg too).
 HEADLESS := MPLBACKEND=agg
 
-.PHONY: help venv data test test-fast test-notebooks test-browser demo lab lint bench clean-venv
+.PHONY: help venv data test test-fast test-notebooks test-browser demo course test-course-full lab lint bench clean-venv
 
 help:
 	@echo "make demo          the main job: CE vs MOIT vs MOIT+ on a Fashion-MNIST subset (CPU, minutes)"
 	@echo "make test          every test, notebooks included (smoke mode)"
+	@echo "make course        train every run the notebooks use in full mode (2 at a time)"
+	@echo "make test-course-full  the six notebooks in full mode from an empty run cache (COURSE_SEED, COURSE_THREADS)"
 	@echo "make lab           JupyterLab on notebooks/"
 	@echo "make test-browser  drive notebook 03 in headless Chromium (needs Debian's chromium)"
 	@echo "make lint          ruff"
@@ -62,6 +64,22 @@ test-browser: $(STAMP) data
 	      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } || \
 	  { echo "test-browser needs Chromium: apt-get install chromium (as root), or set MOIT_CHROMIUM"; exit 1; }
 	$(HEADLESS) MOIT_SMOKE=1 $(PY) -m pytest -q -m browser tests/test_browser.py -p no:cacheprovider
+
+# every run the six notebooks train in full mode, two one-thread trainings at a time (both
+# cores busy, none oversubscribed), one progress bar; the notebooks then open in seconds
+course: $(STAMP) data
+	$(HEADLESS) env -u MOIT_SMOKE $(PY) -m moit_explore.course.notebook_runs --jobs 2
+
+# the six notebooks in full mode from an empty run cache (a new runs/course-full-* folder),
+# every takeaway assert included: make test-course-full COURSE_SEED=2 COURSE_THREADS=1
+COURSE_SEED ?= 1
+COURSE_THREADS ?= 2
+test-course-full: $(STAMP) data
+	mkdir -p runs && cache=$$(mktemp -d "$(CURDIR)/runs/course-full-seed$(COURSE_SEED)-threads$(COURSE_THREADS)-XXXX") && \
+	echo "run cache: $$cache" && \
+	$(HEADLESS) env -u MOIT_SMOKE MOIT_SEED=$(COURSE_SEED) OMP_NUM_THREADS=$(COURSE_THREADS) \
+	  MKL_NUM_THREADS=$(COURSE_THREADS) MOIT_COURSE_RUNS=$$cache \
+	  $(PY) -m pytest -q --nbmake --nbmake-timeout=3600 notebooks -p no:cacheprovider
 
 demo: $(STAMP) data
 	$(HEADLESS) $(PY) -m moit_explore demo

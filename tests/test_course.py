@@ -9,7 +9,7 @@ import pytest
 
 from moit_explore.course import notebook_runs
 from moit_explore.maths import noise
-from moit_explore.training import presets
+from moit_explore.training import presets, runs
 
 
 @pytest.fixture
@@ -102,3 +102,26 @@ def test_flip_maps_of_the_course_data_sets():
     assert len(digits_map) == 5 and all(s != d for s, d in digits_map.items())
     with pytest.raises(ValueError, match="no flip map"):
         notebook_runs.flip_map("cifar10")
+
+
+def test_prepare_course_trains_every_run_the_notebooks_then_reuse(cache, monkeypatch):
+    monkeypatch.setenv("MOIT_SEED", "2")
+    # a share of the full list, in seconds (the smoke preset cannot train notebook 6's folder)
+    monkeypatch.setattr(notebook_runs, "COURSE_RUNS", (("moit+", 0.4), ("supcon", 0.8),
+                                                       ("ce", 0.4)))
+    folders = notebook_runs.prepare_course("smoke", jobs=2, progress=False)
+    assert len(set(folders)) == len(notebook_runs.COURSE_RUNS)
+    stamps = {f: _stamp(runs.load_run(f)) for f in folders}
+    # every run a notebook then asks for is the cached one (not trained again), with the seed
+    # of MOIT_SEED
+    for method, rate in notebook_runs.COURSE_RUNS:
+        if method != "folder":
+            run = notebook_runs.course_run(method, "symmetric", rate, "smoke", progress=False)
+            assert str(run.path) in stamps and _stamp(run) == stamps[str(run.path)]
+    moit = notebook_runs.course_run("moit", preset="smoke", progress=False)
+    assert moit.config["seed"] == 2 and moit.has_finetune
+    monkeypatch.setenv("MOIT_SEED", "two")
+    with pytest.raises(ValueError, match="MOIT_SEED='two' is not an integer"):
+        notebook_runs.course_run("ce", preset="smoke", progress=False)
+    with pytest.raises(ValueError, match="jobs"):
+        notebook_runs.prepare_course("smoke", jobs=0)

@@ -30,6 +30,7 @@ from moit_explore.training import datasets, presets, runs, train
 from moit_explore.training.methods import get_method
 
 __all__ = [
+    "COURSE_RUNS",
     "SMOKE",
     "course_run",
     "data_root",
@@ -37,16 +38,21 @@ __all__ = [
     "flip_map",
     "folder_run",
     "preset",
+    "prepare_course",
     "preset_data",
     "projection_cache",
     "project_root",
     "run_data",
     "run_name",
     "runs_dir",
+    "seed_overrides",
     "write_demo_imagefolder",
 ]
 
 SMOKE: bool = os.environ.get("MOIT_SMOKE") == "1"
+# MOIT_SEED=N trains every course run with network / data-order seed N (its own cache folder);
+# the label noise keeps the preset's draw, the one notebook 1 shows
+SEED_ENV = "MOIT_SEED"
 
 # Rough wall-clock times per notebook on a 2-core laptop CPU with an empty run cache; a run
 # that is already cached under runs/course/ is reused, so a second pass takes seconds.
@@ -172,6 +178,19 @@ def run_name(method: str, noise: str = "symmetric", rate: float = 0.4, preset_na
     return name
 
 
+def seed_overrides() -> dict[str, int]:
+    """``{"seed": N}`` when ``MOIT_SEED`` is set (a clear error when it is not an integer),
+    else ``{}``: the course runs' default seed."""
+    text = os.environ.get(SEED_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        return {"seed": int(text)}
+    except ValueError:
+        raise ValueError(f"{SEED_ENV}={text!r} is not an integer; set it to a seed such as "
+                         f"{SEED_ENV}=2, or unset it for the default seed") from None
+
+
 def _complete(path: Path) -> bool:
     # train.py writes embeddings/final.npz after the last epoch, so it marks a finished run
     return (path / "config.json").is_file() and (path / "embeddings" / "final.npz").is_file()
@@ -219,6 +238,7 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
     run is never mistaken for a cached one. Returns a :class:`moit_explore.training.runs.Run`.
     """
     preset_name = preset or _default_preset()
+    overrides = {**seed_overrides(), **overrides}
     fine_tunes = get_method(method).fine_tunes
     if fine_tunes is not None:  # MOIT+: fine-tune the cached run of the method it continues
         base = course_run(fine_tunes, noise, rate, preset_name, progress=progress, **overrides)
@@ -274,7 +294,8 @@ def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
     whose ``final()["features"]`` the label-issue finder searches with the run's ``k``.
 
     The run records the folder it trained on (its config.json's dataset, image size and
-    channels), so ``run.dataset()`` reloads those images. preset: default :func:`preset`;
+    channels), so ``run.dataset()`` reloads those images; they train as they are (no padding
+    or channel copies, whatever the preset's input preparation). preset: default :func:`preset`;
     overrides: TrainConfig fields. The run is cached under ``runs/course/folders/`` by a hash
     of the images, labels and settings.
     """
@@ -282,6 +303,7 @@ def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
         raise ValueError(f"folder_run trains on an image folder (load_dataset('imagefolder:"
                          f"<path>')), got the data set {bundle.name!r}; use course_run for it")
     preset_name = preset or _default_preset()
+    overrides = {**seed_overrides(), **overrides}
     labels = np.asarray(bundle.train_labels, dtype=np.int64)
     digest = hashlib.sha1(np.ascontiguousarray(bundle.train_images).tobytes())
     digest.update(labels.tobytes())
@@ -290,7 +312,7 @@ def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
     height, _, channels = bundle.image_shape
     settings = {"method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
                 "n_test": None, "dataset": bundle.name, "image_size": height,
-                "image_channels": channels,
+                "image_channels": channels, "pad_inputs": 0, "gray_to_rgb": False,
                 "k": min(presets.preset(preset_name).k, len(labels) - 1), **overrides}
     expected = presets.preset(preset_name, **settings).to_dict()
     if not _cached(target, expected):
@@ -299,3 +321,77 @@ def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
         _train_into(target, expected, lambda tmp: train.train(
             out_dir=tmp, preset=preset_name, progress=progress, data=(bundle, clean), **settings))
     return runs.load_run(target)
+
+
+# --------------------------------------------------------------------------- make course
+
+# every run the six notebooks train in full mode, longest first: (method, symmetric rate).
+# "moit+" trains notebook 3 / 4's MOIT run first, then fine-tunes it; "folder" is notebook 6's
+# run on the demo image folder.
+COURSE_RUNS: tuple[tuple[str, float], ...] = (
+    ("moit+", 0.4), ("icl", 0.0), ("icl", 0.4), ("icl", 0.8), ("supcon", 0.0),
+    ("supcon", 0.4), ("supcon", 0.8), ("mixup", 0.4), ("ce", 0.4), ("folder", 0.0),
+)
+
+
+def _prepare_one(task: tuple[str, float], preset_name: str) -> str:
+    """Train (or find cached) one course run in this process, with one torch thread."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(1)
+    method, rate = task
+    if method == "folder":  # notebook 6's demo folder, written as the notebook writes it
+        with tempfile.TemporaryDirectory(prefix="moit-folder-") as tmp:
+            write_demo_imagefolder(tmp, per_class=40 if preset_name == "digits" else 200,
+                                   n_misfiled=8, seed=0)
+            bundle = datasets.load_dataset(f"imagefolder:{tmp}", image_size=28, channels=1)
+            return str(folder_run(bundle, preset_name, progress=False).path)
+    return str(course_run(method, "symmetric", rate, preset_name, progress=False).path)
+
+
+def prepare_course(preset_name: str | None = None, *, jobs: int = 2,
+                   progress: bool = True) -> list[str]:
+    """Train every run the six notebooks use (:data:`COURSE_RUNS`) into the run cache, ``jobs``
+    single-thread trainings at a time (each in its own process: on 2 cores, two one-thread
+    trainings use both, where two default ones would oversubscribe them), with one progress
+    bar. Cached runs are kept; ``MOIT_SEED`` applies as in the notebooks. Returns the run
+    folders. The notebooks then open in seconds."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    name = preset_name or _default_preset()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive number of processes, got {jobs!r}")
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"  # for the workers
+    done: list[str] = []
+    bar = tqdm(total=len(COURSE_RUNS), desc=f"course runs ({name}, {jobs} at a time)",
+               unit="run", disable=not progress)
+    # spawn: a fresh interpreter per worker, whatever threads this process has started
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_prepare_one, task, name): task for task in COURSE_RUNS}
+        for future in as_completed(futures):
+            method, rate = futures[future]
+            done.append(future.result())
+            bar.set_postfix_str(f"{method} {round(rate * 100)}% ready", refresh=False)
+            bar.update()
+    bar.close()
+    return done
+
+
+if __name__ == "__main__":  # make course
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description="train every course run (full mode unless "
+                                 "MOIT_SMOKE=1) into the run cache", allow_abbrev=False)
+    ap.add_argument("--jobs", type=int, default=2, help="trainings at a time, one thread each")
+    ap.add_argument("--preset", default=None, help="default: the notebooks' (cpu-demo)")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    folders = prepare_course(args.preset, jobs=args.jobs)
+    print(f"{len(folders)} course runs ready under {runs_dir()} in "
+          f"{time.perf_counter() - t0:.0f} s")
