@@ -32,7 +32,7 @@ import numpy as np
 from moit_explore.analysis import label_issues, reports
 from moit_explore.course import demo
 from moit_explore.maths import detection
-from moit_explore.maths.validation import BACKEND_CHOICES, BALANCE_CHOICES
+from moit_explore.maths.validation import BACKEND_CHOICES, BALANCE_CHOICES, DEFAULT_BALANCE
 from moit_explore.training import config as cfg_mod
 from moit_explore.training import datasets, distributed, fingerprint, presets, runs, train
 
@@ -261,7 +261,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     runs.check_not_in_use(run.path, "detect on it")
     final = run.final()
     k = args.k if args.k is not None else run.k  # detect_noise checks it against the data
-    balance = args.balance or run.config.get("balance", "median")
+    balance = args.balance or run.config.get("balance", DEFAULT_BALANCE)
     # np.savez adds .npz to a name without it: check (and print) the name really written
     out_npz = None if args.out is None else (
         args.out if str(args.out).endswith(".npz") else f"{args.out}.npz")

@@ -34,6 +34,7 @@ from moit_explore.maths.neighbors import Neighbors, knn_tensors
 from moit_explore.maths.validation import (
     BACKEND_CHOICES,
     BALANCE_CHOICES,
+    DEFAULT_BALANCE,
     WEIGHTING_CHOICES,
     check_choice,
     check_features,
@@ -271,7 +272,7 @@ def _select_clean_torch(
 
 
 def select_clean(
-    discrepancy: Any, labels: Any, agree: Any, num_classes: int, balance: str = "median"
+    discrepancy: Any, labels: Any, agree: Any, num_classes: int, balance: str = DEFAULT_BALANCE
 ) -> np.ndarray:
     """Class-balanced clean selection (spec §3.6): (N,), (N,), bool (N,) -> bool (N,).
 
@@ -345,7 +346,7 @@ def _checked_detection_args(
 
 def detect_from_neighbors(
     neighbors: Neighbors, labels: Any, num_classes: int, k: int | None = None,
-    balance: str = "median",
+    balance: str = DEFAULT_BALANCE,
     *,
     weighting: str = "none",
 ) -> Detection:
@@ -366,7 +367,7 @@ def detect_from_neighbors(
 def detect_noise(
     features: Any, labels: Any, num_classes: int, *,
     k: int | None = None,
-    balance: str = "median",
+    balance: str = DEFAULT_BALANCE,
     backend: str = "auto",
     weighting: str = "none",
     progress: bool = False,

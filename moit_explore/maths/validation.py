@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "BACKEND_CHOICES",
     "BALANCE_CHOICES",
+    "DEFAULT_BALANCE",
     "DEFAULT_K",
     "WEIGHTING_CHOICES",
     "check_choice",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 BALANCE_CHOICES = ("median", "min", "max", "none")
+# the spec's class balancing of the clean selection (§3.6): the median class count
+DEFAULT_BALANCE = "median"
 BACKEND_CHOICES = ("auto", "torch", "faiss", "faiss-ivf")
 WEIGHTING_CHOICES = ("none", "similarity")
 # the paper's k (spec §5): 5 % of a CIFAR-10 class of 5000 images

@@ -17,6 +17,7 @@ from moit_explore.maths.noise import ASYMMETRIC_DATASETS, has_standard_flip_map
 from moit_explore.maths.validation import (
     BACKEND_CHOICES,
     BALANCE_CHOICES,
+    DEFAULT_BALANCE,
     DEFAULT_K,
     check_choice,
     check_float,
@@ -136,7 +137,8 @@ class TrainConfig(_Fields):
     xbm_begin: int = _f(3, "the cross-batch memory is used from epoch > xbm_begin")
     xbm_per_class: int = _f(100, "memory slots per class (capacity 2 * this * classes)")
     k: int = _f(DEFAULT_K, "neighbours of the kNN noise detection")
-    balance: str = _f("median", "class balancing of the clean selection", BALANCE_CHOICES)
+    balance: str = _f(DEFAULT_BALANCE, "class balancing of the clean selection",
+                      BALANCE_CHOICES)
     correction_start: int = _f(130, "MOIT: semi-supervised classification (clean mask) from "
                                "epoch > correction_start")
     detect: str = _f("auto", "noise detection: epoch (after every epoch), final (once, after "

@@ -24,7 +24,7 @@ __all__ = ["FINETUNE_PRESETS", "PRESETS", "finetune_preset", "finetune_preset_fo
 _PAPER = dict(
     epochs=250, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4,
     lr_milestones=(125, 200), lr_gamma=0.1, embed_dim=128, tau=0.1, alpha=1.0,
-    xbm_begin=3, xbm_per_class=100, k=250, balance="median", correction_start=130,
+    xbm_begin=3, xbm_per_class=100, k=250, correction_start=130,
     noise_seed=42, seed=1, arch="preact_resnet18", width=64, projection="linear",
 )
 
