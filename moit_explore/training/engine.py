@@ -48,8 +48,8 @@ from moit_explore.training.config import FinetuneConfig, TrainConfig
 from moit_explore.training.methods import Method
 from moit_explore.training.steps import EpochContext, autocast
 
-__all__ = ["EpochCallback", "Session", "checkpoint_state", "embed", "lr_schedule", "resolve_device",
-           "restore", "run"]
+__all__ = ["EpochCallback", "Session", "checkpoint_state", "embed", "epoch_generators",
+           "lr_schedule", "resolve_device", "restore", "run"]
 
 EpochCallback = Callable[[dict], None]
 
@@ -80,6 +80,22 @@ def lr_schedule(optimizer: torch.optim.Optimizer, milestones: tuple[int, ...],
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """A distinct, reproducible seed per (seed, epoch, purpose)."""
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + stream * 104_729) % (2**63 - 1)
+
+
+def epoch_generators(seed: int, epoch: int, n_samples: int, device: torch.device,
+                     streams: tuple[int, int, int] = (0, 1, 4)
+                     ) -> tuple[Tensor, torch.Generator, torch.Generator | None]:
+    """The random streams of one epoch: the data order (a CPU permutation of ``n_samples``), the
+    device generator (augmentation, mixup permutations) and the host generator of the mixing
+    coefficients (None on a CPU run: the device generator is then a CPU one and draws them).
+    streams: the ``epoch_seed`` streams of the three (training (0, 1, 4), MOIT+ (2, 3, 5))."""
+    s_order, s_device, s_host = streams
+    order = torch.randperm(n_samples, generator=torch.Generator().manual_seed(
+        epoch_seed(seed, epoch, s_order)))
+    gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, s_device))
+    host = None if device.type == "cpu" else torch.Generator().manual_seed(
+        epoch_seed(seed, epoch, s_host))
+    return order, gen, host
 
 
 def seed_everything(seed: int) -> None:
@@ -244,13 +260,8 @@ class Session:
     def generators(self, epoch: int) -> tuple[Tensor, torch.Generator, torch.Generator | None]:
         """The epoch's data order (CPU), device generator and host generator (None on a CPU
         run: the device generator is then a CPU one and draws the coefficients too)."""
-        seed, (s_order, s_device, s_host) = self.cfg.seed, self.streams
-        order = torch.randperm(self.pipeline.n_samples, generator=torch.Generator().manual_seed(
-            epoch_seed(seed, epoch, s_order)))
-        gen = torch.Generator(device=self.device).manual_seed(epoch_seed(seed, epoch, s_device))
-        host = None if self.device.type == "cpu" else torch.Generator().manual_seed(
-            epoch_seed(seed, epoch, s_host))
-        return order, gen, host
+        return epoch_generators(self.cfg.seed, epoch, self.pipeline.n_samples, self.device,
+                                self.streams)
 
 
 def checkpoint_state(s: Session, epoch: int) -> dict:
