@@ -65,8 +65,8 @@ def test_per_step_losses_equal_the_engines_on_the_smoke_preset(tmp_path, monkeyp
     for row, (_, engine_row) in zip(history, m.iterrows(), strict=True):
         assert row["loss"] == pytest.approx(engine_row["loss"], rel=1e-5)
         assert row["test_acc"] == pytest.approx(engine_row["test_acc"])
-        assert row["precision"] == pytest.approx(engine_row["det_precision"])
-        assert row["recall"] == pytest.approx(engine_row["det_recall"])
+        assert row["det_precision"] == pytest.approx(engine_row["det_precision"])
+        assert row["det_recall"] == pytest.approx(engine_row["det_recall"])
 
 
 def test_main_prints_one_line_per_epoch(capsys):
@@ -75,4 +75,5 @@ def test_main_prints_one_line_per_epoch(capsys):
     assert len(history) == len(lines) == 2
     for row, line in zip(history, lines, strict=True):
         assert line.startswith(f"epoch {row['epoch']:3d}")
-        assert f"test acc {row['test_acc']:.3f}" in line and f"recall {row['recall']:.3f}" in line
+        assert f"test acc {row['test_acc']:.3f}" in line
+        assert f"detection precision {row['det_precision']:.3f}" in line

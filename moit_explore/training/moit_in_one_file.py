@@ -10,7 +10,8 @@ prediction instead of their given label (§2b).
 
 This is the package's MOIT without its engine (no run directory, checkpoint, mixed precision
 or multi-GPU code): the same losses, memory, detection and model, the same random streams, so
-its per-step losses equal the engine's (tests/test_moit_in_one_file.py). Run it::
+its per-step losses equal the engine's (tests/test_moit_in_one_file.py). MOIT+ (§4) is not
+here. Run it::
 
     python -m moit_explore.training.moit_in_one_file --preset digits
 """
@@ -83,11 +84,11 @@ def embed(model: nn.Module, images: Tensor, normalize: Callable[[Tensor], Tensor
 def train(cfg: TrainConfig, *, on_step: StepCallback | None = None,
           log: Callable[[str], None] | None = print) -> list[dict[str, float]]:
     """Train MOIT on ``cfg``'s data (cfg.method is not read: this is MOIT); one row per epoch
-    (mean loss, test accuracy, detection precision and recall). on_step(epoch, terms) is called
+    (the run metrics' loss, test_acc, det_precision, det_recall). on_step(epoch, terms) is called
     after every step with its loss terms; log prints one line per epoch (None: silent)."""
     device = resolve_device(cfg.device)
-    bundle, noise = load_data(cfg)   # noise.noisy: the given labels y; noise.is_noisy: y != y*
-    images, test_images, y_given, _, y_test, normalize = device_data(bundle, noise, device)
+    bundle, noisy = load_data(cfg)   # noisy.noisy: the given labels y; noisy.is_noisy: y != y*
+    images, test_images, y_given, _, y_test, normalize = device_data(bundle, noisy, device)
     n, n_classes = images.shape[0], bundle.num_classes
     augment = augment_for(cfg.augment_name(), bundle, cfg.crop_padding)  # §2: "complex"
 
@@ -126,18 +127,19 @@ def train(cfg: TrainConfig, *, on_step: StepCallback | None = None,
 
         # §3: detection on the non-augmented embeddings z with the GIVEN labels (never changed)
         _, z = embed(model, images, normalize, cfg.eval_batch_size)
-        det = detection.detect_noise(z, noise.noisy.copy(), n_classes, k=cfg.k,
+        det = detection.detect_noise(z, noisy.noisy.copy(), n_classes, k=cfg.k,
                                      balance=cfg.balance, backend=cfg.detect_backend)
         clean = torch.from_numpy(det.clean).to(device)
-        found = detection.detection_metrics(det.clean, noise.is_noisy)  # noisy = not clean
+        found = detection.detection_metrics(det.clean, noisy.is_noisy)  # noisy = not clean
         test_logits, _ = embed(model, test_images, normalize, cfg.eval_batch_size)
         row = {"epoch": epoch, "loss": losses_sum / n_steps,
                "test_acc": (test_logits.argmax(1) == y_test).float().mean().item(),
-               "precision": found["precision"], "recall": found["recall"]}
+               "det_precision": found["precision"], "det_recall": found["recall"]}
         history.append(row)
         if log is not None:
             log(f"epoch {epoch:3d}  loss {row['loss']:.4f}  test acc {row['test_acc']:.3f}  "
-                f"noisy-label precision {row['precision']:.3f}  recall {row['recall']:.3f}")
+                f"detection precision {row['det_precision']:.3f}  "
+                f"recall {row['det_recall']:.3f}")
     return history
 
 
