@@ -34,7 +34,7 @@ from moit_explore.course import demo
 from moit_explore.maths import detection
 from moit_explore.maths.validation import BACKEND_CHOICES, BALANCE_CHOICES, DEFAULT_BALANCE
 from moit_explore.training import config as cfg_mod
-from moit_explore.training import datasets, distributed, fingerprint, presets, runs, train
+from moit_explore.training import datasets, distributed, fingerprint, presets, rundir, runs, train
 
 __all__ = ["build_parser", "main"]
 
@@ -258,7 +258,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     run = runs.load_run(args.run_dir)
-    runs.check_not_in_use(run.path, "detect on it")
+    rundir.check_not_in_use(run.path, "detect on it")
     final = run.final()
     k = args.k if args.k is not None else run.k  # detect_noise checks it against the data
     balance = args.balance or run.config.get("balance", DEFAULT_BALANCE)
@@ -290,7 +290,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                       discrepancy=det.discrepancy, soft_labels=det.soft_labels,
                       first_pass_soft_labels=det.first_pass_soft_labels,
                       corrected_labels=det.corrected_labels, k=det.k, balance=balance)
-        runs.write_new_file(out_npz, lambda tmp: tmp.write_bytes(_npz_bytes(arrays)),
+        rundir.write_new_file(out_npz, lambda tmp: tmp.write_bytes(_npz_bytes(arrays)),
                             "a new file name to --out")
         print(f"wrote {out_npz}")
     if args.csv:

@@ -18,7 +18,7 @@ from sklearn.decomposition import PCA
 
 from moit_explore.analysis import collapse, projection, reports
 from moit_explore.maths import detection, noise
-from moit_explore.training import presets, runs
+from moit_explore.training import presets, rundir, runs
 
 # --------------------------------------------------------------------------- helpers
 
@@ -51,7 +51,7 @@ def brute_knn_vote(train, labels, query=None, k=5):
 def write_run(root, name, snapshots, final_features, given, true, *, true_known=True,
               metrics_rows=None, detect_k=10):
     """A real run directory through the runs module (the format train.py writes)."""
-    path = runs.create_run_dir(root, name)
+    path = rundir.create_run_dir(root, name)
     runs.write_json_atomic(path / runs.CONFIG_FILE,
                            {"method": "moit", "true_labels_known": true_known,
                             "classes": [f"c{i}" for i in range(int(given.max()) + 1)]})

@@ -13,7 +13,7 @@ import pytest
 
 from moit_explore.analysis import confident, label_issues
 from moit_explore.maths import detection, neighbors, noise
-from moit_explore.training import runs
+from moit_explore.training import rundir, runs
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_table_without_true_labels_round_trips_csv(tmp_path, digits):
 
 def test_a_runs_table_has_its_selection_truth_and_names(tmp_path, digits_noisy):
     x, given, true = digits_noisy
-    path = runs.create_run_dir(tmp_path, "r")
+    path = rundir.create_run_dir(tmp_path, "r")
     runs.write_json_atomic(path / runs.CONFIG_FILE,
                            {"method": "moit", "true_labels_known": True, "num_classes": 10,
                             "classes": [f"c{i}" for i in range(10)]})

@@ -23,7 +23,7 @@ from PIL import Image
 
 from moit_explore import cli
 from moit_explore.analysis import label_issues
-from moit_explore.training import datasets, fingerprint, presets, runs, train
+from moit_explore.training import datasets, fingerprint, presets, rundir, runs, train
 
 SMOKE = ["--preset", "smoke", "--epochs", "2", "--lr-milestones", "1", "--no-progress"]
 
@@ -241,7 +241,7 @@ def test_case04_images_in_hidden_folders_are_not_members_of_a_class(tmp_path, di
 
 
 def test_case06_detect_refuses_a_run_that_is_training(capsys, run_copy):
-    with runs.lock_run_dir(run_copy):  # e.g. `train --resume RUN --epochs 200` is running
+    with rundir.lock_run_dir(run_copy):  # e.g. `train --resume RUN --epochs 200` is running
         rc, _, err = run_cli(capsys, "detect", run_copy)
         assert rc == 2 and "in use" in err and str(run_copy) in err
     rc, _, err = run_cli(capsys, "detect", run_copy)
@@ -315,7 +315,7 @@ def test_case09_resume_of_a_folder_that_is_not_a_run_touches_nothing(capsys, tmp
 def test_case10_a_stray_rank_in_the_environment_keeps_the_lock(capsys, run_copy, monkeypatch):
     monkeypatch.setenv("RANK", "1")  # no torchrun: WORLD_SIZE, LOCAL_RANK unset
     before = files_of(run_copy)
-    with runs.lock_run_dir(run_copy):  # another process is training in it
+    with rundir.lock_run_dir(run_copy):  # another process is training in it
         rc, _, err = run_cli(capsys, "train", *SMOKE, "--runs-root", run_copy.parent, "--name",
                              "m", "--overwrite")
         assert rc == 2 and "in use" in err
@@ -398,9 +398,10 @@ def test_case12_no_spelling_of_a_dataset_name_escapes_the_data_root_check(capsys
     (run_copy / "config.json").write_text(json.dumps(cfg))
     for argv in (["finetune", run_copy, "--epochs", "1"],
                  ["report", run_copy, "--out", tmp_path / "rep"],
-                 ["train", "--resume", run_copy, "--epochs", "3"], ["detect", run_copy]):
+                 ["train", "--resume", run_copy, "--epochs", "3"]):
         rc, _, err = run_cli(capsys, *argv)
         assert rc == 2 and str(run_copy / "config.json") in err, (argv, err)
+    run_cli(capsys, "detect", run_copy)  # reads the stored features only, never the data
     with pytest.raises(ValueError, match="config.json"):
         runs.load_run(run_copy).dataset()
     assert not marker.exists()
@@ -563,7 +564,35 @@ def test_case17_a_diverging_ce_run_is_not_reported_as_bad_features(capsys, tmp_p
 def test_run_files_are_named_with_os_independent_prefixes(tmp_path):
     """write_new_file leaves no temporary file behind, whatever the outcome."""
     path = tmp_path / "a.bin"
-    runs.write_new_file(path, lambda p: p.write_bytes(b"x"))
+    rundir.write_new_file(path, lambda p: p.write_bytes(b"x"))
     with pytest.raises(FileExistsError):
-        runs.write_new_file(path, lambda p: p.write_bytes(b"y"))
+        rundir.write_new_file(path, lambda p: p.write_bytes(b"y"))
     assert path.read_bytes() == b"x" and sorted(os.listdir(tmp_path)) == ["a.bin"]
+
+
+# =========================================================================== label issues
+
+
+def _two_blobs(n_per_class=100):
+    rng = np.random.default_rng(0)
+    return np.concatenate([rng.normal(0, 0.1, (n_per_class, 2)),
+                           rng.normal(10, 0.1, (n_per_class, 2))]).astype(np.float32)
+
+
+def test_case03_label_issues_do_not_depend_on_which_class_indices_are_used():
+    x = _two_blobs()
+    a = label_issues.label_issues_table(np.repeat([0, 1], 100), x, k=10, sort=False)
+    b = label_issues.label_issues_table(np.repeat([3, 7], 100), x, k=10, sort=False)
+    # classes nobody is labelled with (2..6, 8.. ) change nothing: same verdicts, same scores
+    for col in a.columns:
+        if col not in ("given_label", "suggested_label"):
+            np.testing.assert_array_equal(a[col].to_numpy(), b[col].to_numpy(), err_msg=col)
+    assert a["is_label_issue"].sum() <= 2  # two clean, far-apart blobs
+
+
+def test_case07_a_k_as_large_as_the_data_does_not_flag_every_correct_label():
+    x = _two_blobs()
+    y = np.repeat([0, 1], 100)
+    flagged = label_issues.find_label_issues(y, x, k=len(y) - 1)
+    # the old rule flagged all 200 (each point's 199 neighbours: 99 of its class, 100 not)
+    assert flagged.sum() <= 0.02 * len(y)

@@ -23,7 +23,7 @@ import torch
 
 from moit_explore import cli
 from moit_explore.maths import noise
-from moit_explore.training import datasets, presets, runs, train
+from moit_explore.training import datasets, presets, rundir, runs, train
 
 SMOKE = ["--preset", "smoke", "--epochs", "2", "--lr-milestones", "1", "--no-progress"]
 
@@ -93,7 +93,7 @@ def test_finetune_and_resume_refuse_a_symlinked_output(capsys, run_copy, tmp_pat
 
 
 def test_a_run_dir_in_use_cannot_be_trained_or_resumed_twice(capsys, run_copy):
-    with runs.lock_run_dir(run_copy):
+    with rundir.lock_run_dir(run_copy):
         rc, _, err = run_cli(capsys, "train", "--resume", run_copy, "--epochs", "3")
         assert rc == 2 and "in use" in err and str(run_copy) in err
         rc, _, err = run_cli(capsys, "train", *SMOKE, "--runs-root", run_copy.parent,
@@ -107,7 +107,7 @@ def test_a_run_dir_in_use_cannot_be_trained_or_resumed_twice(capsys, run_copy):
 
 def test_finetune_locks_the_run_it_reads(capsys, run_copy):
     before = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
-    with runs.lock_run_dir(run_copy):  # e.g. a `train --resume` of the base run
+    with rundir.lock_run_dir(run_copy):  # e.g. a `train --resume` of the base run
         rc, _, err = run_cli(capsys, "finetune", run_copy, "--epochs", "1")
         assert rc == 2 and "in use" in err and str(run_copy) in err
     assert not (run_copy / "finetune").exists()
@@ -115,7 +115,7 @@ def test_finetune_locks_the_run_it_reads(capsys, run_copy):
     rc, _, err = run_cli(capsys, "finetune", run_copy, "--epochs", "1")
     assert rc == 0, err
     assert len(runs.load_run(run_copy / "finetune").metrics) == 1
-    with runs.lock_run_dir(run_copy):  # resuming the fine-tune reads the base run too
+    with rundir.lock_run_dir(run_copy):  # resuming the fine-tune reads the base run too
         rc, _, err = run_cli(capsys, "train", "--resume", run_copy / "finetune", "--epochs", "2")
         assert rc == 2 and "in use" in err and str(run_copy) in err
     rc, _, err = run_cli(capsys, "train", "--resume", run_copy / "finetune", "--epochs", "2")
@@ -126,22 +126,22 @@ def test_finetune_locks_the_run_it_reads(capsys, run_copy):
 def test_the_lock_is_held_across_processes_and_released_when_one_dies(tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    code = ("import os, sys, time; from moit_explore.training import runs\n"
-            f"ctx = runs.lock_run_dir({str(run_dir)!r}); ctx.__enter__()\n"
+    code = ("import os, sys, time; from moit_explore.training import rundir\n"
+            f"ctx = rundir.lock_run_dir({str(run_dir)!r}); ctx.__enter__()\n"
             "print('locked', flush=True); sys.stdin.readline(); os._exit(9)\n")
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "locked"
-        with pytest.raises(runs.RunDirInUseError, match="in use"):
-            with runs.lock_run_dir(run_dir):
+        with pytest.raises(rundir.RunDirInUseError, match="in use"):
+            with rundir.lock_run_dir(run_dir):
                 pass
     finally:
         p.stdin.write("\n")
         p.stdin.flush()
         p.wait(30)
     assert p.returncode == 9  # died without releasing anything itself
-    with runs.lock_run_dir(run_dir):
+    with rundir.lock_run_dir(run_dir):
         pass
 
 

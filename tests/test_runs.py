@@ -9,56 +9,56 @@ import pytest
 import torch
 
 from moit_explore.maths import noise
-from moit_explore.training import datasets, runs
+from moit_explore.training import datasets, rundir, runs
 
 
 def test_create_run_dir_refuses_non_empty_and_names_the_fixes(tmp_path):
-    path = runs.create_run_dir(tmp_path, "a")
+    path = rundir.create_run_dir(tmp_path, "a")
     assert path == tmp_path / "a" and path.is_dir()
     # an existing but empty folder is fine
-    assert runs.create_run_dir(tmp_path, "a") == path
+    assert rundir.create_run_dir(tmp_path, "a") == path
     (path / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(FileExistsError) as e:
-        runs.create_run_dir(tmp_path, "a")
+        rundir.create_run_dir(tmp_path, "a")
     msg = str(e.value)
     assert str(path) in msg and "--name" in msg and "--overwrite" in msg
     assert "--resume" not in msg  # no checkpoint: nothing to continue
     (path / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(FileExistsError, match="--resume"):
-        runs.create_run_dir(tmp_path, "a")
+        rundir.create_run_dir(tmp_path, "a")
     assert (path / "metrics.jsonl").exists()  # nothing was touched
     # --overwrite empties only a run directory this package wrote (issue 20, case 8)
     with pytest.raises(FileExistsError, match="no config.json"):
-        runs.create_run_dir(tmp_path, "a", overwrite=True)
+        rundir.create_run_dir(tmp_path, "a", overwrite=True)
     (path / "config.json").write_text("{}")
     (path / "sub").mkdir()
     (path / "sub" / "x").write_text("x")
     with pytest.raises(FileExistsError, match="holds sub"):
-        runs.create_run_dir(tmp_path, "a", overwrite=True)
+        rundir.create_run_dir(tmp_path, "a", overwrite=True)
     assert (path / "sub" / "x").read_text() == "x"
     (path / "sub" / "x").unlink()
     (path / "sub").rmdir()
     (path / "embeddings").mkdir()
     (path / "embeddings" / "epoch_0001.npz").write_bytes(b"")
-    runs.create_run_dir(tmp_path, "a", overwrite=True)
+    rundir.create_run_dir(tmp_path, "a", overwrite=True)
     assert list(path.iterdir()) == []
 
 
 @pytest.mark.parametrize("bad", ["", "..", "a/b"])
 def test_create_run_dir_rejects_paths_as_names(tmp_path, bad):
     with pytest.raises(ValueError, match="plain folder name"):
-        runs.create_run_dir(tmp_path, bad)
+        rundir.create_run_dir(tmp_path, bad)
 
 
 def test_unique_run_dir_suffixes(tmp_path):
-    assert runs.unique_run_dir(tmp_path, "demo") == tmp_path / "demo"
+    assert rundir.unique_run_dir(tmp_path, "demo") == tmp_path / "demo"
     (tmp_path / "demo").mkdir()
-    assert runs.unique_run_dir(tmp_path, "demo") == tmp_path / "demo"  # empty: reusable
+    assert rundir.unique_run_dir(tmp_path, "demo") == tmp_path / "demo"  # empty: reusable
     (tmp_path / "demo" / "f").write_text("")
-    assert runs.unique_run_dir(tmp_path, "demo") == tmp_path / "demo-2"
+    assert rundir.unique_run_dir(tmp_path, "demo") == tmp_path / "demo-2"
     (tmp_path / "demo-2").mkdir()
     (tmp_path / "demo-2" / "f").write_text("")
-    assert runs.unique_run_dir(tmp_path, "demo") == tmp_path / "demo-3"
+    assert rundir.unique_run_dir(tmp_path, "demo") == tmp_path / "demo-3"
 
 
 def test_json_is_strict_and_atomic(tmp_path):
@@ -130,7 +130,7 @@ class _Det:
 def _fake_run(tmp_path, n_train=300):
     bundle = datasets.subset(datasets.load_dataset("digits"), n_train, 50, seed=3)
     nl = noise.inject_noise(bundle.train_labels, "symmetric", 0.4, 10, seed=42)
-    run_dir = runs.create_run_dir(tmp_path, "r")
+    run_dir = rundir.create_run_dir(tmp_path, "r")
     runs.write_json_atomic(run_dir / "config.json", {
         "method": "moit", "dataset": "digits", "data_root": "data", "n_train": n_train,
         "n_test": 50, "subset_seed": 3, "classes": bundle.classes})

@@ -16,7 +16,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from moit_explore.analysis import collapse, label_issues, projection  # noqa: E402
 from moit_explore.course import widgets
 from moit_explore.maths import detection, neighbors, noise, validation
-from moit_explore.training import runs
+from moit_explore.training import rundir, runs
 
 K_MAX = 60
 
@@ -207,7 +207,7 @@ def test_suspicious_images_most_suspicious_of_a_class(setup, digits):
 
 
 def _write_run(root, name, given, true, snaps, final_feats, config=None):
-    path = runs.create_run_dir(root, name)
+    path = rundir.create_run_dir(root, name)
     runs.write_json_atomic(path / runs.CONFIG_FILE, {"method": "moit", **(config or {})})
     for epoch, feats in snaps.items():
         runs.save_snapshot(path, epoch, feats, given, true)

@@ -58,7 +58,7 @@ from moit_explore.maths.validation import (
     check_mask,
     check_num_classes,
 )
-from moit_explore.training import runs
+from moit_explore.training import rundir, runs
 
 __all__ = [
     "RANKINGS",
@@ -364,7 +364,7 @@ def export_label_issues(df: pd.DataFrame, path: str | Path) -> Path:
             out[col] = out[col].map(escape_csv_cell)
     out.index.name = out.index.name or "sample"
     # CRLF line ends (RFC 4180): the csv writer then quotes a cell holding a bare \r or \n
-    return runs.write_new_file(
+    return rundir.write_new_file(
         path, lambda tmp: out.to_csv(tmp, index=True, lineterminator="\r\n"),
         "a new file name")
 

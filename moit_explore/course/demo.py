@@ -30,7 +30,7 @@ import pandas as pd
 
 from moit_explore.analysis import reports
 from moit_explore.course import figures
-from moit_explore.training import presets, runs, train
+from moit_explore.training import presets, rundir, runs, train
 from moit_explore.training.methods import get_method
 
 __all__ = ["describe", "detection_over_training", "run_demo", "write_figures"]
@@ -236,7 +236,7 @@ def run_demo(root: str | Path = "runs", name: str = "demo", preset: str = "cpu-d
     earlier demo is never overwritten). Returns that folder.
     """
     t0 = time.perf_counter()
-    out = runs.unique_run_dir(root, name)
+    out = rundir.unique_run_dir(root, name)
     if out.name != name:
         print(f"{Path(root) / name} exists; writing this demo to {out} instead")
     out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from moit_explore.maths import memory, models
-from moit_explore.training import distributed, engine, fingerprint, runs
+from moit_explore.training import distributed, engine, fingerprint, rundir, runs
 from moit_explore.training.config import (
     FinetuneConfig,
     TrainConfig,
@@ -120,23 +120,23 @@ def _resolved_paths(cfg: TrainConfig) -> TrainConfig:
 
 def _target_dir(cfg: TrainConfig, out_dir: str | Path | None) -> Path:
     if out_dir is not None:
-        return runs.run_dir_path(Path(out_dir).parent, Path(out_dir).name)
-    return runs.run_dir_path(cfg.runs_root, cfg.name or cfg.default_name(cfg.preset))
+        return rundir.run_dir_path(Path(out_dir).parent, Path(out_dir).name)
+    return rundir.run_dir_path(cfg.runs_root, cfg.name or cfg.default_name(cfg.preset))
 
 
 def _run_lock(path: Path, action: str = "train in it", create: bool = True) -> Any:
-    """The run directory's OS lock (runs.lock_run_dir), held by the process that writes it (under
+    """The run directory's OS lock (rundir.lock_run_dir), held by the process that writes it (under
     torchrun: rank 0)."""
     if distributed.env_rank() != 0:
         return contextlib.nullcontext(path)
-    return runs.lock_run_dir(path, action, create=create)
+    return rundir.lock_run_dir(path, action, create=create)
 
 
 def _new_run_dir(cfg: TrainConfig, out_dir: str | Path | None) -> Path:
     if out_dir is not None:
         out = Path(out_dir)
-        return runs.create_run_dir(out.parent, out.name, overwrite=cfg.overwrite)
-    return runs.create_run_dir(cfg.runs_root, cfg.name or cfg.default_name(cfg.preset),
+        return rundir.create_run_dir(out.parent, out.name, overwrite=cfg.overwrite)
+    return rundir.create_run_dir(cfg.runs_root, cfg.name or cfg.default_name(cfg.preset),
                                overwrite=cfg.overwrite)
 
 
@@ -146,9 +146,9 @@ def _removed_if_empty_on_error(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if run_dir.is_dir() and all(p.name == runs.LOCK_FILE for p in run_dir.iterdir()):
+        if run_dir.is_dir() and all(p.name == rundir.LOCK_FILE for p in run_dir.iterdir()):
             with contextlib.suppress(OSError):  # the lock file, then the folder
-                (run_dir / runs.LOCK_FILE).unlink(missing_ok=True)
+                (run_dir / rundir.LOCK_FILE).unlink(missing_ok=True)
                 run_dir.rmdir()
         raise
 
@@ -282,7 +282,7 @@ def _resume(run_dir: Path, progress: bool | None, on_epoch_end: EpochCallback | 
     if plus:
         base_dir = run_dir.parent  # a MOIT+ run lives in a folder of its base run
         # the base run stays locked, as in finetune(): its checkpoint is read here
-        with runs.lock_run_dir(base_dir, "resume a fine-tune of it", create=False):
+        with rundir.lock_run_dir(base_dir, "resume a fine-tune of it", create=False):
             setup = prepare_finetune(base_dir, fcfg, data_root=data_root,
                                      hint=("train", "--resume", run_dir))
             trained_on = state.get("clean")
@@ -467,15 +467,15 @@ def finetune(run_dir: str | Path, fcfg: FinetuneConfig | None = None,
     fcfg.validate()
     # the base run is locked too: a `train --resume` of it must not rewrite the checkpoint
     # and detection this fine-tune reads
-    with runs.lock_run_dir(run_dir, "fine-tune from it", create=False):
+    with rundir.lock_run_dir(run_dir, "fine-tune from it", create=False):
         setup = prepare_finetune(run_dir, fcfg, data_root=data_root)  # checks before writing
-        with runs.lock_run_dir(runs.run_dir_path(run_dir, fcfg.name), "fine-tune into it"):
+        with rundir.lock_run_dir(rundir.run_dir_path(run_dir, fcfg.name), "fine-tune into it"):
             return _finetune_locked(run_dir, fcfg, setup, progress, on_epoch_end)
 
 
 def _finetune_locked(run_dir: Path, fcfg: FinetuneConfig, setup: FinetuneSetup,
                      progress: bool | None, on_epoch_end: EpochCallback | None) -> Path:
-    out = runs.run_dir_path(run_dir, fcfg.name)
+    out = rundir.run_dir_path(run_dir, fcfg.name)
     engine.set_threads()
     with _removed_if_empty_on_error(out):
         s = _finetune_session(run_dir, fcfg, out, setup)
@@ -484,7 +484,7 @@ def _finetune_locked(run_dir: Path, fcfg: FinetuneConfig, setup: FinetuneSetup,
             run_dir, s.bundle, s.noisy, s.base_cfg.noise_file, action=f"fine-tune {run_dir}",
             fix="train a new base run on them (the same flags, another --name) and fine-tune "
                 "that")
-        runs.create_run_dir(run_dir, fcfg.name, overwrite=fcfg.overwrite)
+        rundir.create_run_dir(run_dir, fcfg.name, overwrite=fcfg.overwrite)
     cfgd = dict(setup.base_config)
     cfgd.update(fcfg.to_dict())
     cfgd.update(method=fine_tuning().name, base_method=setup.base_config.get("method"),
