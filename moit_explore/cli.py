@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from moit_explore.analysis import label_issues, reports
+from moit_explore.analysis import health, label_issues, reports, review
 from moit_explore.course import demo
 from moit_explore.maths import detection
 from moit_explore.maths.validation import BACKEND_CHOICES, BALANCE_CHOICES, DEFAULT_BALANCE
@@ -170,6 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "image, worst first (is_label_issue, given and suggested label, label "
                    "quality, selected_for_training, and for imagefolder data sets the image's "
                    "file as recorded at training time)")
+    d.add_argument("--report", metavar="FILE.png", default=None,
+                   help="print the data set's label-health report (per class: label issues, "
+                   "estimated share of wrong labels, label quality; the most confused pairs) "
+                   "and draw its figure into this NEW file")
+
+    v = sub.add_parser("review", help="review a run's label issues worst first and export "
+                       "the corrected labels (a label file for train --noise-file)")
+    v.add_argument("run_dir", metavar="RUN_DIR")
+    v.add_argument("--log", metavar="FILE.jsonl", required=True,
+                   help="the decision log: created when missing, resumed when it exists; "
+                   "every decision is appended as it is made")
+    v.add_argument("--accept-suggested", metavar="N", type=_int, default=None,
+                   help="accept the suggested label of the next N label issues, worst first "
+                   "(no questions); without it the command asks about each issue")
+    v.add_argument("--export", metavar="FILE", default=None,
+                   help="write the corrected labels to this NEW .csv or .npy file, one per "
+                   "image of the full training set (train --noise-file FILE reads it)")
+    v.add_argument("--data-root", metavar="DIR", default=None,
+                   help="folder holding the data set, for --export (default: the run's)")
 
     r = sub.add_parser("report", help="table of test accuracy and detection for runs")
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -265,14 +284,14 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     # np.savez adds .npz to a name without it: check (and print) the name really written
     out_npz = None if args.out is None else (
         args.out if str(args.out).endswith(".npz") else f"{args.out}.npz")
-    for flag, out in (("--out", out_npz), ("--csv", args.csv)):
+    for flag, out in (("--out", out_npz), ("--csv", args.csv), ("--report", args.report)):
         if out and Path(out).exists():
             raise FileExistsError(f"{out} exists; pass a new file name to {flag} (this command "
                                   "never overwrites)")
     paths = _image_paths(run) if args.csv else None
     given = final["labels_given"].copy()
-    det = detection.detect_noise(final["features"].astype(np.float32), given,
-                                 int(run.config.get("num_classes", int(given.max()) + 1)), k=k,
+    det_classes = int(run.config.get("num_classes", int(given.max()) + 1))
+    det = detection.detect_noise(final["features"].astype(np.float32), given, det_classes, k=k,
                                  balance=balance, backend=args.backend)
     print(f"{run.path}: detection on the final features, k={det.k}, balance={balance}")
     if run.true_labels_known:
@@ -282,11 +301,17 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             print(f"  {key:20s} {v:.4f}")
     else:
         print(f"  selected_frac        {float(np.mean(det.clean)):.4f} (true labels unknown)")
-    issue, suggested = label_issues.label_verdict(det.first_pass_soft_labels, given)
-    print(f"  label issues         {int(issue.sum())} of {len(issue)} (the neighbours support "
-          f"another class better); selected for training {int(det.clean.sum())}")
+    issues = label_issues.examine_labels(given, final["features"], num_classes=det_classes,
+                                         backend=args.backend)
+    print(f"  label issues         {int(issues.is_label_issue.sum())} of {len(given)} (k="
+          f"{issues.k}: label_issues.examine_labels); selected for training "
+          f"{int(det.clean.sum())}")
+    if args.report:
+        _write_report(issues, run, args.report)
     if out_npz:
-        arrays = dict(clean=det.clean, is_label_issue=issue, suggested_labels=suggested,
+        arrays = dict(clean=det.clean, is_label_issue=issues.is_label_issue,
+                      suggested_labels=issues.suggested_label,
+                      label_quality=issues.label_quality,
                       discrepancy=det.discrepancy, soft_labels=det.soft_labels,
                       first_pass_soft_labels=det.first_pass_soft_labels,
                       corrected_labels=det.corrected_labels, k=det.k, balance=balance)
@@ -294,11 +319,58 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                             "a new file name to --out")
         print(f"wrote {out_npz}")
     if args.csv:
-        table = label_issues.detection_issues_table(det, given, class_names=run.classes or None,
-                                                    paths=paths)
+        table = issues.table(class_names=run.classes or None, paths=paths,
+                             selected_for_training=det.clean)
         label_issues.export_label_issues(table, args.csv)
         print(f"wrote {args.csv}: {int(table['is_label_issue'].sum())} of {len(table)} images "
               "are label issues, worst first")
+    return 0
+
+
+def _write_report(issues: label_issues.LabelIssues, run: runs.Run, figure: str) -> None:
+    """Print the label-health report and save its figure to the NEW file ``figure``."""
+    from moit_explore.course import label_health  # noqa: PLC0415 -- matplotlib, only here
+
+    report = health.health_report(issues, class_names=run.classes or None)
+    print(report.text())
+    true = None
+    if run.true_labels_known:
+        final = run.final()
+        g, t = final["labels_given"], final["labels_true"]
+        true = [float(np.mean(t[g == c] != c)) if np.any(g == c) else np.nan
+                for c in range(issues.num_classes)]
+    fig = label_health.plot_health(report, true_wrong_share=true)
+    with open(figure, "xb") as f:  # exclusive: never replaces a file
+        fig.savefig(f, format=Path(figure).suffix.lstrip(".") or "png", dpi=110)
+    print(f"wrote {figure}")
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    from moit_explore.course import review_panel  # noqa: PLC0415
+
+    if args.export and Path(args.export).exists():
+        raise FileExistsError(f"{args.export} exists; pass a new file name to --export (this "
+                              "command never overwrites)")
+    issues, run = label_issues.examine_run(args.run_dir)
+    paths = _image_paths(run)
+    try:
+        rev = review.Review(issues, args.log, class_names=run.classes or None)
+    except review.ReviewInUseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    with rev:
+        if args.accept_suggested is not None:
+            done = rev.accept_suggested(args.accept_suggested)
+            print(f"accepted the suggested label of {len(done)} label issues")
+        else:
+            review_panel.prompt_review(rev, paths=paths)
+        print(f"{args.log}: {rev.n_decided} of {rev.n_issues} label issues decided")
+        if args.export:
+            full, positions = review.run_label_positions(run, data_root=args.data_root)
+            out = rev.export_labels(args.export, full_labels=full, positions=positions)
+            changed = int(np.sum(full[positions] != rev.corrected_labels()))
+            print(f"wrote {out}: {len(full)} labels, {changed} changed; train on them with "
+                  f"--noise-file {out}")
     return 0
 
 
@@ -384,7 +456,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "finetune": _cmd_finetune, "detect": _cmd_detect,
-            "report": _cmd_report, "demo": _cmd_demo, "fetch": _cmd_fetch,
+            "review": _cmd_review, "report": _cmd_report, "demo": _cmd_demo, "fetch": _cmd_fetch,
             "presets": _cmd_presets}
 
 
