@@ -501,8 +501,10 @@ def _diverged_hint(args: argparse.Namespace) -> str:
     run_dir = getattr(args, "run_dir_hint", None)
     if run_dir is None or not run_dir.is_dir():
         return ""
-    return (f". {run_dir} keeps the epochs before it; train again with a lower --lr (or "
-            "--alpha) plus --overwrite to replace it, or under another --name")
+    done = len(runs.read_metrics(run_dir)) if rundir.is_run_dir(run_dir) else 0
+    return (f". The run directory {run_dir} is left with {done} finished epoch(s), and a new "
+            "run of that name is refused until it is replaced: train again with a lower --lr "
+            "plus --overwrite, or under another --name")
 
 
 def _interrupt_hint(args: argparse.Namespace, argv: list[str] | None) -> str:
