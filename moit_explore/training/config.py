@@ -70,8 +70,41 @@ def _check_epochs_tuple(name: str, value: Any) -> None:
 _LEGACY: dict[str, Any] = {"drop_last": True, "shortcut": "raw"}
 
 
-class _Fields:
-    """What both configuration dataclasses offer besides their fields."""
+def _check_seed(name: str, value: Any) -> None:
+    check_int(name, value, 0)
+    if value > 2**63 - 1:  # torch's and NumPy's generators take 64 bits
+        raise ValueError(f"{name} must be < 2**63 = {2**63}, got {value}")
+
+
+@dataclass
+class _Schedule:
+    """The fields both configurations have, defined and checked once: the optimiser and its
+    schedule, mixup, the seed, the device and what a run writes. Defaults: the paper's training
+    (FinetuneConfig sets its own epochs, lr and lr_milestones)."""
+
+    epochs: int = _f(250, "training epochs")
+    batch_size: int = _f(128, "batch size B")
+    drop_last: bool = _f(False, "drop each epoch's last incomplete batch (a deviation: static "
+                         "shapes for torch.compile); default False keeps it, as the release "
+                         "does, except a tail of one sample")
+    lr: float = _f(0.1, "SGD learning rate")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(1e-4, "SGD weight decay")
+    lr_milestones: tuple[int, ...] = _f((125, 200), "epochs from which the LR is multiplied "
+                                        "by lr_gamma (comma list; epoch 125 is the first at the "
+                                        "lower LR, as the release)")
+    lr_gamma: float = _f(0.1, "LR decay factor at each milestone")
+    alpha: float = _f(1.0, "mixup Beta(alpha, alpha) parameter (0: no mixing)")
+    seed: int = _f(1, "initialisation / data-order / augmentation seed")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
+    amp: str = _f("auto", "mixed precision: bf16 autocast, none (fp32); auto = bf16 on CUDA, "
+                  "none on CPU (bf16 on CPU is slow)", AMP_CHOICES)
+    channels_last: bool = _f(True, "channels_last memory format for the convolutions")
+    eval_batch_size: int = _f(1024, "batch size of feature extraction and test evaluation")
+    snapshot_epochs: tuple[int, ...] = _f((), "epochs whose embeddings are saved to "
+                                          "embeddings/epoch_XXXX.npz (the last is always saved)")
+    overwrite: bool = _f(False, "empty an existing run directory of the same name")
+    progress: bool = _f(True, "tqdm progress bars")
 
     def replace(self, **changes: Any) -> Any:
         """A copy with ``changes`` applied (dataclasses.replace)."""
@@ -80,9 +113,30 @@ class _Fields:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def _check_schedule(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            check_int(name, getattr(self, name), 1)
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 (mixup and the contrastive losses pair "
+                             "samples within a batch)")
+        _check_seed("seed", self.seed)
+        check_float("lr", self.lr, 0.0, low_open=True)
+        check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        check_float("weight_decay", self.weight_decay, 0.0)
+        check_float("lr_gamma", self.lr_gamma, 0.0, low_open=True)
+        check_float("alpha", self.alpha, 0.0)
+        _check_epochs_tuple("lr_milestones", self.lr_milestones)
+        _check_epochs_tuple("snapshot_epochs", self.snapshot_epochs)
+        check_choice("amp", self.amp, AMP_CHOICES)
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
+        ):
+            raise ValueError(f"device={self.device!r} is not valid; use auto, cpu, cuda or "
+                             "cuda:N")
+
 
 @dataclass
-class TrainConfig(_Fields):
+class TrainConfig(_Schedule):
     """One training run (MOIT or a baseline). Field defaults are the paper's CIFAR protocol."""
 
     preset: str | None = _f(None, "the preset this configuration started from (recorded)")
@@ -120,20 +174,7 @@ class TrainConfig(_Fields):
     projection: str = _f("linear", "projection head (release default: linear)",
                          PROJECTION_CHOICES)
     embed_dim: int = _f(128, "dimension of the L2-normalised projection z")
-    epochs: int = _f(250, "training epochs")
-    batch_size: int = _f(128, "batch size B")
-    drop_last: bool = _f(False, "drop each epoch's last incomplete batch (a deviation: static "
-                         "shapes for torch.compile); default False keeps it, as the release "
-                         "does, except a tail of one sample")
-    lr: float = _f(0.1, "SGD learning rate")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(1e-4, "SGD weight decay")
-    lr_milestones: tuple[int, ...] = _f((125, 200), "epochs from which the LR is multiplied "
-                                        "by lr_gamma (comma list; epoch 125 is the first at the "
-                                        "lower LR, as the release)")
-    lr_gamma: float = _f(0.1, "LR decay factor at each milestone")
     tau: float = _f(0.1, "temperature of the contrastive losses")
-    alpha: float = _f(1.0, "mixup Beta(alpha, alpha) parameter (0: no mixing)")
     xbm_begin: int = _f(3, "the cross-batch memory is used from epoch > xbm_begin")
     xbm_per_class: int = _f(100, "memory slots per class (capacity 2 * this * classes)")
     k: int = _f(DEFAULT_K, "neighbours of the kNN noise detection")
@@ -152,19 +193,11 @@ class TrainConfig(_Fields):
                              "GPU, else faiss when installed), torch, faiss, faiss-ivf "
                              "(approximate, for millions of images; exact below 20,000)",
                              BACKEND_CHOICES)
-    snapshot_epochs: tuple[int, ...] = _f((), "epochs whose embeddings are saved to "
-                                          "embeddings/epoch_XXXX.npz (the last is always saved)")
-    seed: int = _f(1, "initialisation / data-order seed")
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
-    amp: str = _f("auto", "mixed precision: bf16 autocast, none (fp32); auto = bf16 on CUDA, "
-                  "none on CPU (bf16 on CPU is slow)", AMP_CHOICES)
-    channels_last: bool = _f(True, "channels_last memory format for the convolutions")
     compile: bool = _f(False, "torch.compile the model")
     pipeline: str = _f("gpu", "data pipeline: gpu (uint8 tensors on the device, batched "
                        "augmentation) or reference (torchvision PIL transforms in DataLoader "
                        "workers, fp32; for speed comparisons)", PIPELINE_CHOICES)
     workers: int = _f(2, "DataLoader workers of the reference pipeline")
-    eval_batch_size: int = _f(1024, "batch size of feature extraction and test evaluation")
     dist_bn: str = _f("sync", "under torchrun (several processes): batch norm statistics of the "
                       "global batch (sync: the single-process forward pass) or of each "
                       "process's share (per-rank: fewer collectives, losses differ slightly); "
@@ -174,8 +207,6 @@ class TrainConfig(_Fields):
     runs_root: str = _f("runs", "folder holding run directories")
     name: str | None = _f(None, "run directory name (default: "
                           "<preset>-<method>-<noise>-<rate>-seed<seed>)")
-    overwrite: bool = _f(False, "empty an existing run directory of the same name")
-    progress: bool = _f(True, "tqdm progress bars")
 
     # ------------------------------------------------------------------ helpers
 
@@ -244,19 +275,14 @@ class TrainConfig(_Fields):
                              "give the labels yourself with --noise-file")
         for name in ("n_train", "n_test", "image_size"):
             check_int(name, getattr(self, name), 1, allow_none=True)
-        for name in ("subset_seed", "noise_seed", "seed"):
-            check_int(name, getattr(self, name), 0)
-            if getattr(self, name) > 2**63 - 1:  # torch's and NumPy's generators take 64 bits
-                raise ValueError(f"{name} must be < 2**63 = {2**63}, got {getattr(self, name)}")
+        for name in ("subset_seed", "noise_seed"):
+            _check_seed(name, getattr(self, name))
         check_choice("arch", self.arch, ARCH_CHOICES)
         check_choice("projection", self.projection, PROJECTION_CHOICES)
         check_choice("shortcut", self.shortcut, SHORTCUT_CHOICES)
-        for name in ("width", "embed_dim", "epochs", "batch_size", "xbm_per_class", "k",
-                     "eval_batch_size"):
+        self._check_schedule()
+        for name in ("width", "embed_dim", "xbm_per_class", "k"):
             check_int(name, getattr(self, name), 1)
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be >= 2 (mixup and the contrastive losses pair "
-                             "samples within a batch)")
         check_int("workers", self.workers, 0)
         check_int("crop_padding", self.crop_padding, 0)
         check_int("pad_inputs", self.pad_inputs, 0)
@@ -265,28 +291,15 @@ class TrainConfig(_Fields):
                              f"{self.image_channels!r}")
         check_int("xbm_begin", self.xbm_begin, 0)
         check_int("correction_start", self.correction_start, 0)
-        check_float("lr", self.lr, 0.0, low_open=True)
-        check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        check_float("weight_decay", self.weight_decay, 0.0)
-        check_float("lr_gamma", self.lr_gamma, 0.0, low_open=True)
         check_float("tau", self.tau, 0.0, low_open=True)
-        check_float("alpha", self.alpha, 0.0)
-        _check_epochs_tuple("lr_milestones", self.lr_milestones)
-        _check_epochs_tuple("snapshot_epochs", self.snapshot_epochs)
         check_choice("balance", self.balance, BALANCE_CHOICES)
         check_choice("detect", self.detect, DETECT_CHOICES)
         check_choice("detect_backend", self.detect_backend, BACKEND_CHOICES)
         check_choice("detect_features", self.detect_features, FEATURE_CHOICES)
         check_choice("augment", self.augment, AUGMENT_CHOICES)
-        check_choice("amp", self.amp, AMP_CHOICES)
         check_choice("pipeline", self.pipeline, PIPELINE_CHOICES)
         check_choice("dist_bn", self.dist_bn, DIST_BN_CHOICES)
         check_int("dist_timeout", self.dist_timeout, 1)
-        if not isinstance(self.device, str) or not (
-            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
-        ):
-            raise ValueError(f"device={self.device!r} is not valid; use auto, cpu, cuda or "
-                             "cuda:N")
         if (get_method(self.method).corrects_labels and self.detect in ("off", "final")
                 and self.correction_start < self.epochs):
             raise ValueError(f"method {self.method} needs a detection after every epoch for its "
@@ -302,51 +315,26 @@ class TrainConfig(_Fields):
 
 
 @dataclass
-class FinetuneConfig(_Fields):
+class FinetuneConfig(_Schedule):
     """MOIT+ fine-tuning (spec §4) of a finished MOIT run on its detected clean samples."""
 
+    # the paper's fine-tuning schedule (spec §4) instead of the training one
     epochs: int = _f(70, "fine-tuning epochs (paper: 70; 140 for 80% symmetric noise)")
     lr: float = _f(0.001, "SGD learning rate")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(1e-4, "SGD weight decay")
-    batch_size: int = _f(128, "batch size")
-    drop_last: bool = _f(False, "drop each epoch's last incomplete batch (a deviation; the "
-                         "release keeps it)")
     lr_milestones: tuple[int, ...] = _f((), "epochs from which the LR is multiplied by "
                                         "lr_gamma (paper, 80% noise: 120)")
-    lr_gamma: float = _f(0.1, "LR decay factor")
-    alpha: float = _f(1.0, "mixup Beta(alpha, alpha) parameter")
     bootstrap_start: int = _f(30, "mixup CE until this epoch, then mixup + hard bootstrapping")
     augment: str = _f("simple", "the single view's augmentation: simple (spec §4: random crop "
                       "with crop_padding + horizontal flip) or none (a deviation, for tiny "
                       "images)", FINETUNE_AUGMENT_CHOICES)
     beta: float = _f(0.2, "hard bootstrapping weight of the model's own prediction")
-    seed: int = _f(1, "data-order / augmentation seed")
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
-    amp: str = _f("auto", "bf16, none; auto = bf16 on CUDA, none on CPU", AMP_CHOICES)
-    channels_last: bool = _f(True, "channels_last memory format")
-    eval_batch_size: int = _f(1024, "batch size of evaluation")
-    snapshot_epochs: tuple[int, ...] = _f((), "epochs whose embeddings are saved (plus the last)")
     name: str = _f("finetune", "sub-folder of the MOIT run that receives the MOIT+ run")
-    overwrite: bool = _f(False, "empty an existing fine-tuning folder")
-    progress: bool = _f(True, "tqdm progress bars")
 
     def validate(self) -> FinetuneConfig:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            check_int(name, getattr(self, name), 1)
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be >= 2 (mixup pairs samples within a batch)")
+        """Raise ValueError naming the bad field and the fix; returns self."""
+        self._check_schedule()
         check_int("bootstrap_start", self.bootstrap_start, 0)
-        check_int("seed", self.seed)
-        check_float("lr", self.lr, 0.0, low_open=True)
-        check_float("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        check_float("weight_decay", self.weight_decay, 0.0)
-        check_float("lr_gamma", self.lr_gamma, 0.0, low_open=True)
-        check_float("alpha", self.alpha, 0.0)
         check_float("beta", self.beta, 0.0, 1.0)
-        _check_epochs_tuple("lr_milestones", self.lr_milestones)
-        _check_epochs_tuple("snapshot_epochs", self.snapshot_epochs)
-        check_choice("amp", self.amp, AMP_CHOICES)
         check_choice("augment", self.augment, FINETUNE_AUGMENT_CHOICES)
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
