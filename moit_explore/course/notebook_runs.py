@@ -110,8 +110,8 @@ def flip_map(dataset: str) -> dict[int, int]:
     """The asymmetric-noise flip map (source class -> the class it flips to) the course uses
     for ``dataset``: noise.FASHION_MNIST_FLIP_MAP for Fashion-MNIST, :data:`DIGITS_FLIP_MAP`
     for the digits."""
-    key = str(dataset).lower().replace("_", "-")
-    if key in ("fashion-mnist", "fmnist", "fashionmnist"):
+    key = noise.canonical_dataset(dataset)
+    if key == "fashion-mnist":
         return dict(noise.FASHION_MNIST_FLIP_MAP)
     if key == "digits":
         return dict(DIGITS_FLIP_MAP)

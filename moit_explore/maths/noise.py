@@ -30,6 +30,7 @@ from moit_explore.maths.validation import check_float, check_int, check_labels
 
 __all__ = [
     "ASYMMETRIC_DATASETS",
+    "DATASET_NAMES",
     "has_standard_flip_map",
     "CIFAR10_FLIP_MAP",
     "CIFAR100_COARSE",
@@ -68,19 +69,20 @@ CIFAR100_COARSE: tuple[int, ...] = (
     18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
 )  # fmt: skip
 
-# the data sets with a standard asymmetric flip map (spec §6)
-ASYMMETRIC_DATASETS = ("cifar10", "cifar100", "fashion-mnist")
+# the built-in data sets, and every spelling of their names: the one alias table of the package
+DATASET_NAMES = ("digits", "fashion-mnist", "cifar10", "cifar100")
 _DATASET_ALIASES = {
+    "digits": "digits",
+    "fashion-mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
     "cifar10": "cifar10",
     "cifar-10": "cifar10",
     "cifar100": "cifar100",
     "cifar-100": "cifar100",
-    "fashion-mnist": "fashion-mnist",
-    "fashion_mnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "fmnist": "fashion-mnist",
-    "digits": "digits",
 }
+# the data sets with a standard asymmetric flip map (spec §6)
+ASYMMETRIC_DATASETS = ("cifar10", "cifar100", "fashion-mnist")
 
 
 @dataclass
@@ -149,17 +151,26 @@ def _check_flip_map(flip_map: dict, num_classes: int) -> dict[int, int]:
     return out
 
 
+def canonical_dataset(name: object) -> str | None:
+    """The built-in data set that ``name`` spells (case-insensitive, "_" as "-"), or None.
+    No stripping: "cifar10 " is not a name, so no spelling escapes a check made on the
+    canonical names (the trusted data root among them)."""
+    if not isinstance(name, str):
+        return None
+    return _DATASET_ALIASES.get(name.lower().replace("_", "-"))
+
+
 def has_standard_flip_map(dataset: str) -> bool:
     """Whether ``dataset`` (any spelling of its name) has a standard asymmetric flip map."""
-    return _DATASET_ALIASES.get(str(dataset).lower()) in ASYMMETRIC_DATASETS
+    return canonical_dataset(dataset) in ASYMMETRIC_DATASETS
 
 
 def _canonical_dataset(dataset: str) -> str:
-    key = str(dataset).strip().lower()
-    if key not in _DATASET_ALIASES:
+    name = canonical_dataset(dataset)
+    if name is None:
         raise ValueError(f"no standard asymmetric flip map for dataset {dataset!r}; known: "
                          f"{', '.join(ASYMMETRIC_DATASETS)}; or pass flip_map={{src: dst}}")
-    return _DATASET_ALIASES[key]
+    return name
 
 
 # ----------------------------------------------------------------------------- flip maps

@@ -13,7 +13,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from moit_explore.maths.noise import ASYMMETRIC_DATASETS, has_standard_flip_map
+from moit_explore.maths.noise import (
+    ASYMMETRIC_DATASETS,
+    DATASET_NAMES,
+    canonical_dataset,
+    has_standard_flip_map,
+)
 from moit_explore.maths.validation import (
     BACKEND_CHOICES,
     BALANCE_CHOICES,
@@ -39,8 +44,6 @@ FEATURE_CHOICES = ("auto", "z", "h")
 AUGMENT_CHOICES = ("auto", "complex", "simple", "none")
 FINETUNE_AUGMENT_CHOICES = ("simple", "none")
 DIST_BN_CHOICES = ("sync", "per-rank")  # moit_explore.training.distributed.BN_CHOICES
-_DATASETS = ("digits", "fashion-mnist", "fmnist", "fashionmnist", "cifar10", "cifar-10",
-             "cifar100", "cifar-100")
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -258,10 +261,10 @@ class TrainConfig(_Schedule):
         n_train: the actual training set size when known (checks k < n_train).
         """
         check_choice("method", self.method, TRAINING_METHODS)
-        ds = self.dataset.lower().replace("_", "-") if isinstance(self.dataset, str) else None
-        if ds is None or not (ds in _DATASETS or ds.startswith("imagefolder:")):
-            raise ValueError(f"dataset={self.dataset!r} is not valid; choose one of: digits, "
-                             "fashion-mnist, cifar10, cifar100, imagefolder:<path>")
+        if canonical_dataset(self.dataset) is None and not (
+                isinstance(self.dataset, str) and self.dataset.lower().startswith("imagefolder:")):
+            raise ValueError(f"dataset={self.dataset!r} is not valid; choose one of: "
+                             f"{', '.join(DATASET_NAMES)}, imagefolder:<path>")
         check_choice("noise", self.noise, NOISE_CHOICES)
         check_float("rate", self.rate, 0.0, 1.0, high_open=True)
         if self.noise == "none" and self.rate != 0 and not self.noise_file:

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from moit_explore.maths.noise import DATASET_NAMES as BUILT_IN_DATASETS
 from moit_explore.maths.noise import (
     NoisyLabels,
+    canonical_dataset,
     inject_noise,
     read_label_file,
     realised_transition,
@@ -56,7 +58,7 @@ __all__ = [
     "training_subset",
 ]
 
-DATASET_NAMES = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder:<path>")
+DATASET_NAMES = (*BUILT_IN_DATASETS, "imagefolder:<path>")
 # Debian's dataset-fashion-mnist package puts the IDX files here (tests monkeypatch it)
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -181,15 +183,10 @@ def _canonical_name(name: str) -> str:
         raise ValueError(f"dataset name must be a string, one of: {', '.join(DATASET_NAMES)}")
     if name.lower().startswith("imagefolder:"):
         return "imagefolder"
-    # no strip(): a name is read the same way here and in TrainConfig.validate ("cifar10 " is
-    # not a name), so that no spelling escapes the checks made on the canonical names
-    key = name.lower().replace("_", "-")
-    aliases = {"digits": "digits", "fashion-mnist": "fashion-mnist", "fashionmnist":
-               "fashion-mnist", "fmnist": "fashion-mnist", "cifar10": "cifar10",
-               "cifar-10": "cifar10", "cifar100": "cifar100", "cifar-100": "cifar100"}
-    if key not in aliases:
+    canonical = canonical_dataset(name)
+    if canonical is None:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
-    return aliases[key]
+    return canonical
 
 
 # ----------------------------------------------------------------------------- digits
