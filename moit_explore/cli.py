@@ -340,8 +340,10 @@ def _write_report(issues: label_issues.LabelIssues, run: runs.Run, figure: str) 
         true = [float(np.mean(t[g == c] != c)) if np.any(g == c) else np.nan
                 for c in range(issues.num_classes)]
     fig = label_health.plot_health(report, true_wrong_share=true)
-    with open(figure, "xb") as f:  # exclusive: never replaces a file
-        fig.savefig(f, format=Path(figure).suffix.lstrip(".") or "png", dpi=110)
+    # never replaces a file, and a failed write (a full disk) leaves none behind
+    fmt = Path(figure).suffix.lstrip(".") or "png"
+    rundir.write_new_file(figure, lambda tmp: fig.savefig(tmp, format=fmt, dpi=110),
+                          "a new file name to --report")
     print(f"wrote {figure}")
 
 
@@ -381,8 +383,8 @@ def _npz_bytes(arrays: dict) -> bytes:
 
 
 def _image_paths(run: runs.Run) -> list[str] | None:
-    """The files of an image-folder run's training images, as recorded when it trained; a
-    warning names those changed since (moved, edited or deleted)."""
+    """The files of an image-folder run's training images, as recorded when it trained; one
+    moved, edited or deleted since is refused, naming it (fingerprint.check_image_files)."""
     if not str(run.config.get("dataset", "")).lower().startswith("imagefolder:"):
         return None
     paths = fingerprint.check_image_files(

@@ -158,6 +158,11 @@ def _training_session(cfg: TrainConfig, run_dir: Path, data: tuple | None = None
     device = resolve_device(cfg.device) if d is None else d.device
     amp = cfg.amp_dtype(device.type)
     bundle, noisy = load_data(cfg) if data is None else data
+    # a resume: the data must be what the run recorded (a new run has no record yet)
+    fingerprint.check_data(
+        run_dir, bundle, noisy, cfg.noise_file, action=f"resume {run_dir}",
+        fix="train a new run with the same flags under another --name (or add --overwrite "
+            "to replace this one)")
     cfg.validate(n_train=len(bundle.train_labels))
     c = bundle.num_classes
     method = get_method(cfg.method)
@@ -302,10 +307,6 @@ def _resume(run_dir: Path, progress: bool | None, on_epoch_end: EpochCallback | 
 
 def _resume_session(s: Session, state: dict, run: Any, overrides: dict, progress: bool | None,
                     on_epoch_end: EpochCallback | None) -> Path:
-    fingerprint.check_data(
-        s.run_dir, s.bundle, s.noisy, s.base_cfg.noise_file, action=f"resume {s.run_dir}",
-        fix="train a new run with the same flags under another --name (or add --overwrite "
-            "to replace this one)")
     try:
         engine.restore(s, state)
     except (RuntimeError, KeyError) as e:  # states of other shapes than the model's
@@ -478,12 +479,9 @@ def _finetune_locked(run_dir: Path, fcfg: FinetuneConfig, setup: FinetuneSetup,
     out = rundir.run_dir_path(run_dir, fcfg.name)
     engine.set_threads()
     with _removed_if_empty_on_error(out):
+        # the session checks the data against the base run's record: before create_run_dir, so
+        # that --overwrite never removes an earlier fine-tune for nothing
         s = _finetune_session(run_dir, fcfg, out, setup)
-        # checked before create_run_dir: --overwrite must not remove a fine-tune for nothing
-        fingerprint.check_data(
-            run_dir, s.bundle, s.noisy, s.base_cfg.noise_file, action=f"fine-tune {run_dir}",
-            fix="train a new base run on them (the same flags, another --name) and fine-tune "
-                "that")
         rundir.create_run_dir(run_dir, fcfg.name, overwrite=fcfg.overwrite)
     cfgd = dict(setup.base_config)
     cfgd.update(fcfg.to_dict())
@@ -507,6 +505,9 @@ def _finetune_session(base_dir: Path, fcfg: FinetuneConfig, out: Path,
     # amp on the GPU pipeline MOIT+ trains with
     amp = cfg.replace(amp=fcfg.amp, pipeline="gpu").amp_dtype(device.type)
     bundle, noisy = load_data(cfg)
+    fingerprint.check_data(
+        base_dir, bundle, noisy, cfg.noise_file, action=f"fine-tune {base_dir}",
+        fix="train a new base run on them (the same flags, another --name) and fine-tune that")
     model = setup.model.to(device)
     if fcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
