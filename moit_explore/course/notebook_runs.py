@@ -26,7 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from moit_explore.maths import noise
-from moit_explore.training import datasets, presets, runs, train
+from moit_explore.training import config, datasets, presets, runs, train
 from moit_explore.training.methods import get_method
 
 __all__ = [
@@ -196,15 +196,6 @@ def _complete(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "embeddings" / "final.npz").is_file()
 
 
-# fields that say where a run lives or how it reports, not what it learns
-_PLACE_FIELDS = frozenset({"progress", "runs_root", "name", "overwrite", "data_root"})
-
-
-def _json(value: Any) -> Any:
-    """``value`` as it reads back from config.json (tuples become lists)."""
-    return json.loads(json.dumps(value, default=str))
-
-
 def _settings_match(path: Path, expected: dict, key: str | None = None) -> bool:
     """Whether the cached run at ``path`` was trained with the settings ``expected`` (a config
     dict; ``key``: the sub-dict of config.json that holds them). A run from another preset
@@ -215,8 +206,31 @@ def _settings_match(path: Path, expected: dict, key: str | None = None) -> bool:
     except (OSError, ValueError):
         return False
     saved = saved.get(key, {}) if key else saved
-    return all(k in saved and saved[k] == _json(v)
-               for k, v in expected.items() if k not in _PLACE_FIELDS)
+    return not config.config_differences(saved, expected)
+
+
+def course_noise_file(preset_name: str, rate: float) -> Path | None:
+    """Asymmetric noise for a preset whose data set has no standard flip map (the digits): the
+    course's :func:`flip_map` drawn with the preset's noise seed, as the trainer draws noise,
+    written once under ``runs/course/noise-files/`` as a label file for ``noise_file``. None
+    where the trainer has the data set's own map (Fashion-MNIST)."""
+    cfg = presets.preset(preset_name, data_root=str(data_root()))
+    if noise.has_standard_flip_map(cfg.dataset):
+        return None
+    if cfg.n_train is not None:
+        raise ValueError(f"preset {preset_name!r} trains on a subset; course_noise_file writes "
+                         "labels for a full training set only")
+    path = runs_dir() / "noise-files" / (f"{preset_name}-asymmetric-{round(rate * 100):02d}-"
+                                         f"seed{cfg.noise_seed}.npy")
+    if not path.is_file():
+        labels = datasets.load_dataset(cfg.dataset, root=cfg.data_root).train_labels
+        given = noise.inject_noise(labels, "asymmetric", rate, int(labels.max()) + 1,
+                                   seed=cfg.noise_seed, flip_map=flip_map(cfg.dataset)).noisy
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+        np.save(tmp, given.astype(np.int64))
+        os.replace(tmp, path)  # whole or not at all
+    return path
 
 
 def _cached(path: Path, expected: dict, key: str | None = None) -> bool:
@@ -239,6 +253,10 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
     """
     preset_name = preset or _default_preset()
     overrides = {**seed_overrides(), **overrides}
+    if noise == "asymmetric" and "noise_file" not in overrides:  # the digits: a label file
+        noise_file = course_noise_file(preset_name, rate)
+        if noise_file is not None:
+            overrides["noise_file"] = str(noise_file)
     fine_tunes = get_method(method).fine_tunes
     if fine_tunes is not None:  # MOIT+: fine-tune the cached run of the method it continues
         base = course_run(fine_tunes, noise, rate, preset_name, progress=progress, **overrides)
@@ -310,7 +328,13 @@ def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
     digest.update(json.dumps([preset_name, overrides], sort_keys=True, default=str).encode())
     target = runs_dir() / "folders" / f"{preset_name}-{digest.hexdigest()[:12]}"
     height, _, channels = bundle.image_shape
-    settings = {"method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
+    # a small folder (2 classes of 80 images, 3 of 30) trains as it is: a batch no larger than
+    # the folder, and a memory that holds two batches of embeddings (train's check)
+    p = presets.preset(preset_name)
+    batch = min(p.batch_size, len(labels))
+    fitted = {"batch_size": batch,
+              "xbm_per_class": max(p.xbm_per_class, -(-batch // bundle.num_classes))}
+    settings = {**fitted, "method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
                 "n_test": None, "dataset": bundle.name, "image_size": height,
                 "image_channels": channels, "pad_inputs": 0, "gray_to_rgb": False,
                 "k": min(presets.preset(preset_name).k, len(labels) - 1), **overrides}
@@ -325,30 +349,33 @@ def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
 
 # --------------------------------------------------------------------------- make course
 
-# every run the six notebooks train in full mode, longest first: (method, symmetric rate).
-# "moit+" trains notebook 3 / 4's MOIT run first, then fine-tunes it; "folder" is notebook 6's
-# run on the demo image folder.
-COURSE_RUNS: tuple[tuple[str, float], ...] = (
-    ("moit+", 0.4), ("icl", 0.0), ("icl", 0.4), ("icl", 0.8), ("supcon", 0.0),
-    ("supcon", 0.4), ("supcon", 0.8), ("mixup", 0.4), ("ce", 0.4), ("folder", 0.0),
+# every run the six notebooks train in full mode, longest first: (method, rate), symmetric noise,
+# or (method, rate, noise). "moit+" trains its MOIT run first, then fine-tunes it (notebooks 3-5
+# at 40 %, notebook 5 at 80 %); ("moit", 0.4, "asymmetric") is notebook 4's asymmetric section;
+# "folder" is notebook 6's run on the demo image folder.
+COURSE_RUNS: tuple[tuple, ...] = (
+    ("moit+", 0.4), ("moit+", 0.8), ("moit", 0.4, "asymmetric"), ("icl", 0.0), ("icl", 0.4),
+    ("icl", 0.8), ("supcon", 0.0), ("supcon", 0.4), ("supcon", 0.8), ("mixup", 0.4), ("ce", 0.4),
+    ("folder", 0.0),
 )
 
 
-def _prepare_one(task: tuple[str, float], preset_name: str) -> str:
+def _prepare_one(task: tuple, preset_name: str) -> str:
     """Train (or find cached) one course run in this process, with one torch thread."""
     import tempfile
 
     import torch
 
     torch.set_num_threads(1)
-    method, rate = task
+    method, rate, *noise = task
     if method == "folder":  # notebook 6's demo folder, written as the notebook writes it
         with tempfile.TemporaryDirectory(prefix="moit-folder-") as tmp:
             write_demo_imagefolder(tmp, per_class=40 if preset_name == "digits" else 200,
                                    n_misfiled=8, seed=0)
             bundle = datasets.load_dataset(f"imagefolder:{tmp}", image_size=28, channels=1)
             return str(folder_run(bundle, preset_name, progress=False).path)
-    return str(course_run(method, "symmetric", rate, preset_name, progress=False).path)
+    return str(course_run(method, noise[0] if noise else "symmetric", rate, preset_name,
+                          progress=False).path)
 
 
 def prepare_course(preset_name: str | None = None, *, jobs: int = 2,
@@ -374,9 +401,10 @@ def prepare_course(preset_name: str | None = None, *, jobs: int = 2,
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {pool.submit(_prepare_one, task, name): task for task in COURSE_RUNS}
         for future in as_completed(futures):
-            method, rate = futures[future]
+            method, rate, *noise = futures[future]
             done.append(future.result())
-            bar.set_postfix_str(f"{method} {round(rate * 100)}% ready", refresh=False)
+            bar.set_postfix_str(" ".join([method, f"{round(rate * 100)}%", *noise, "ready"]),
+                                refresh=False)
             bar.update()
     bar.close()
     return done

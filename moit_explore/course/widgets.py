@@ -13,6 +13,7 @@ description is "k". Plots are rendered with a pyplot-free matplotlib figure into
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 from collections.abc import Iterator
@@ -187,7 +188,22 @@ class _Panel:
         return self._ui
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget()._repr_mimebundle_(**kwargs)
+        bundle = self.widget()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):  # JupyterLab shows the live widget (it ranks first)
+            bundle = {**bundle, "text/html": self.static_html()}
+        return bundle
+
+    def static_html(self) -> str:
+        """The panel as it stands, without a kernel: its metrics line and its figure (an
+        inline PNG). Displayed beside the live widget, for readers of an executed notebook
+        (nbconvert's HTML, the course book), who cannot move the controls."""
+        self.widget()
+        png = self._image.value
+        img = (f'<img alt="panel figure" src="data:image/png;base64,'
+               f'{base64.b64encode(png).decode("ascii")}">' if png else "")
+        return (f'<div class="moit-static-panel"><p>{self._html.value}</p>{img}'
+                "<p><em>(a static copy at the starting value: move the controls in "
+                "JupyterLab)</em></p></div>")
 
     def _build(self) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
