@@ -26,7 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from moit_explore.maths import noise
-from moit_explore.training import config, datasets, presets, runs, train
+from moit_explore.training import datasets, presets, runs, train
 from moit_explore.training.methods import get_method
 
 __all__ = [
@@ -196,6 +196,15 @@ def _complete(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "embeddings" / "final.npz").is_file()
 
 
+# fields that say where a run lives or how it reports, not what it learns
+_PLACE_FIELDS = frozenset({"progress", "runs_root", "name", "overwrite", "data_root"})
+
+
+def _json(value: Any) -> Any:
+    """``value`` as it reads back from config.json (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def _settings_match(path: Path, expected: dict, key: str | None = None) -> bool:
     """Whether the cached run at ``path`` was trained with the settings ``expected`` (a config
     dict; ``key``: the sub-dict of config.json that holds them). A run from another preset
@@ -206,7 +215,8 @@ def _settings_match(path: Path, expected: dict, key: str | None = None) -> bool:
     except (OSError, ValueError):
         return False
     saved = saved.get(key, {}) if key else saved
-    return not config.config_differences(saved, expected)
+    return all(k in saved and saved[k] == _json(v)
+               for k, v in expected.items() if k not in _PLACE_FIELDS)
 
 
 def course_noise_file(preset_name: str, rate: float) -> Path | None:
@@ -328,13 +338,7 @@ def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
     digest.update(json.dumps([preset_name, overrides], sort_keys=True, default=str).encode())
     target = runs_dir() / "folders" / f"{preset_name}-{digest.hexdigest()[:12]}"
     height, _, channels = bundle.image_shape
-    # a small folder (2 classes of 80 images, 3 of 30) trains as it is: a batch no larger than
-    # the folder, and a memory that holds two batches of embeddings (train's check)
-    p = presets.preset(preset_name)
-    batch = min(p.batch_size, len(labels))
-    fitted = {"batch_size": batch,
-              "xbm_per_class": max(p.xbm_per_class, -(-batch // bundle.num_classes))}
-    settings = {**fitted, "method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
+    settings = {"method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
                 "n_test": None, "dataset": bundle.name, "image_size": height,
                 "image_channels": channels, "pad_inputs": 0, "gray_to_rgb": False,
                 "k": min(presets.preset(preset_name).k, len(labels) - 1), **overrides}
