@@ -118,3 +118,14 @@ def test_cli_detect_report_prints_the_health_and_draws_it(tmp_path, digits_run, 
     assert "most confused pairs" in text and fig.read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["detect", str(path), "--k", "10", "--report", str(fig)]) == 2
     assert "never overwrites" in capsys.readouterr().err
+
+
+def test_demo_health_line_is_computed_from_the_run(digits_run):
+    from moit_explore.course import demo
+
+    path, x, nz, _ = digits_run
+    n = int(label_issues.find_label_issues(nz.noisy, x, num_classes=10).sum())
+    (line,) = demo.health_lines(path)
+    assert f"{n:,} of 300 labels are label issues, an estimated {n / 300:.1%} wrong" in line
+    assert f"(truly wrong: {np.mean(nz.noisy != nz.clean):.1%})" in line
+    assert "most confused pair digit" in line

@@ -9,11 +9,13 @@ confident learning's calibration, :mod:`confident`):
    counting more (by rank): p1 (N, C), the posterior of the NOISY labels;
 2. confident learning on p1 estimates the joint of given and true labels (per-class
    thresholds, counts calibrated to the label counts) and, for each pair of classes (i, j),
-   flags the ``N * joint[i, j]`` samples labelled i with the largest lead of j over i: these
-   are the label issues;
-3. the neighbours vote again, a neighbour whose label is an issue counting
-   ``confident.SUSPECT_WEIGHT`` (0.1) of its weight: ``pred_probs`` (N, C), a posterior less
-   biased by the wrong labels around a sample.
+   picks the ``N * joint[i, j]`` samples labelled i with the largest lead of j over i: the
+   suspects;
+3. the neighbours vote again, a suspect neighbour counting ``confident.SUSPECT_WEIGHT`` (0.1)
+   of its weight: ``pred_probs`` (N, C), a posterior less biased by the wrong labels around a
+   sample;
+4. confident learning again, on pred_probs: its joint (``LabelIssues.joint``) and its picks,
+   the label issues.
 
 ``label_quality`` = pred_probs[i, given_i] (in [0, 1], lower is worse); the **suggested
 label** of a label issue is its best supported other class (argmax of pred_probs over the
@@ -148,7 +150,7 @@ class LabelIssues:
     labels int64 (N,): the given labels; is_label_issue bool (N,); label_quality float64 (N,)
     in [0, 1]; suggested_label int64 (N,); pred_probs float64 (N, C): the neighbours'
     second-pass vote; joint float64 (C, C): the estimated joint P(given i, true j) of
-    confident learning on the first pass (sums to 1); k: the neighbours used.
+    confident learning on pred_probs (sums to 1); k: the neighbours used.
     """
 
     labels: np.ndarray
@@ -241,10 +243,13 @@ def examine_labels(
         k = default_k(y) if k is None else check_k(k, n)
         indices = knn_search(feats, k, backend=backend).indices
     p1 = confident.neighbour_votes(indices, y, c)
-    joint = confident.calibrated_joint(p1, y)
-    issue = confident.prune_by_noise_rate(p1, y, joint)
+    suspect = confident.prune_by_noise_rate(p1, y, confident.calibrated_joint(p1, y))
     probs = confident.neighbour_votes(
-        indices, y, c, vote_weight=np.where(issue, confident.SUSPECT_WEIGHT, 1.0))
+        indices, y, c, vote_weight=np.where(suspect, confident.SUSPECT_WEIGHT, 1.0))
+    # the verdict: confident learning again, on the second pass (where the suspects of the
+    # first count less, a trained embedding's absorbed wrong labels show: see RESULTS.md)
+    joint = confident.calibrated_joint(probs, y)
+    issue = confident.prune_by_noise_rate(probs, y, joint)
     rows = np.arange(n)
     other = probs.copy()
     other[rows, y] = -np.inf

@@ -8,8 +8,8 @@ and writes figures next to the runs:
 - ``accuracy.png``: test accuracy per epoch, and training accuracy against the GIVEN labels
   (how much of the noise each method memorises);
 - ``detection.png``: precision / recall / F1 of the detected noisy samples per epoch;
-- ``flagged.png``: training images MOIT flags as mislabelled, with the given label, the label
-  the neighbours suggest, and (for checking) the true label.
+- ``flagged.png``: the label issues of MOIT's final embedding (analysis.label_issues), worst
+  first, with the given label, the suggested label and (for checking) the true label.
 
 - ``memorization.png``: training accuracy on the given labels against the share of them that
   is right.
@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from moit_explore.analysis import reports
+from moit_explore.analysis import health, label_issues, reports
 from moit_explore.course import figures
 from moit_explore.training import presets, rundir, runs, train
 from moit_explore.training.methods import get_method
@@ -73,10 +73,29 @@ def _label(run: Any) -> str:
     return get_method(run.method).label
 
 
-def _label_issue_order(final: dict, n: int) -> np.ndarray:
-    """The run's label issues (not selected as clean), most discrepant first, at most n."""
-    issues = np.flatnonzero(~final["clean"].astype(bool))
-    return issues[np.argsort(-final["discrepancy"][issues], kind="stable")][:n]
+def _label_issue_order(issues: label_issues.LabelIssues, n: int) -> np.ndarray:
+    """The label issues, worst label_quality first, at most n."""
+    order = issues.ranked()
+    return order[issues.is_label_issue[order]][:n]
+
+
+def health_lines(run: Any) -> list[str]:
+    """One sentence on the label health of ``run``'s final embedding (analysis.health): the
+    share of label issues next to the true share of wrong labels, and the most confused pair."""
+    issues, run = label_issues.examine_run(run)
+    report = health.health_report(issues, class_names=run.classes or None, top_pairs=1)
+    o = report.overall
+    line = (f"Label health of MOIT's final embedding (label_issues, k = {o['k']}): "
+            f"{o['n_label_issues']:,} of {o['n']:,} labels are label issues, an estimated "
+            f"{o['est_wrong_share']:.1%} wrong")
+    if run.true_labels_known:
+        final = run.final()
+        line += f" (truly wrong: {np.mean(final['labels_given'] != final['labels_true']):.1%})"
+    if len(report.pairs):
+        top = report.pairs.iloc[0]
+        line += (f"; most confused pair {top['given_name']} -> {top['suggested_name']} "
+                 f"({int(top['n_label_issues'])} issues)")
+    return [line + " (detect --report for the whole report)."]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -103,13 +122,15 @@ def _figures(entries: list[tuple[str, Any]], flag_run: Any, out: Path,
     ]
     if flag_run is not None:
         final = flag_run.final()
-        order = _label_issue_order(final, 24)
+        issues, _ = label_issues.examine_run(flag_run)
+        order = _label_issue_order(issues, 24)
         if len(order):
             fig = figures.plot_flagged_images(
-                flag_run.dataset(data_root).train_images, final["labels_given"],
-                final["soft_labels"].argmax(1), flag_run.classes or None, indices=order,
+                flag_run.dataset(data_root).train_images, issues.labels,
+                issues.suggested_label, flag_run.classes or None, indices=order,
                 true=final["labels_true"], ncols=6, max_images=24)
-            fig.suptitle(f"{_label(flag_run)}: training images flagged as mislabelled")
+            fig.suptitle(f"{_label(flag_run)}: label issues of its final embedding, worst "
+                         "first (given / suggested label)")
             written.append(_save(fig, out / "flagged.png"))
     return written
 
@@ -212,7 +233,7 @@ def describe(summary: pd.DataFrame, ce_metrics: pd.DataFrame, noise: Any, *,
             f"MOIT's last detection sets aside {aside:.1%} of "
             f"the training images as noisy: {p:.1%} of those are really mislabelled "
             f"(precision) and they hold {r:.1%} of all wrong labels (recall); MOIT+ "
-            "fine-tunes on the rest (flagged.png shows the most suspicious ones).")
+            "fine-tunes on the rest.")
     cp, cr = summary.loc["CE", "det_precision_last"], summary.loc["CE", "det_recall_last"]
     if pd.notna(cp) and pd.notna(cr):
         lines.append(f"The same detector on CE's encoder features: precision {cp:.1%}, recall "
@@ -254,7 +275,7 @@ def run_demo(root: str | Path = "runs", name: str = "demo", preset: str = "cpu-d
     elapsed = time.perf_counter() - t0
     notes = "\n".join(f"- {line}" for line in describe(summary, ce.metrics, moit.noise,
                                                        moit_metrics=moit.metrics)
-                      + [f"wall time: {elapsed:.0f} s"])
+                      + health_lines(moit) + [f"wall time: {elapsed:.0f} s"])
     print("\n" + text + "\n\n" + notes)
     figures = write_figures([ce, moit], out)
     (out / "summary.md").write_text(f"# moit-explore demo\n\n{text}\n\n{notes}\n\nFigures: "
