@@ -596,3 +596,24 @@ def test_case07_a_k_as_large_as_the_data_does_not_flag_every_correct_label():
     flagged = label_issues.find_label_issues(y, x, k=len(y) - 1)
     # the old rule flagged all 200 (each point's 199 neighbours: 99 of its class, 100 not)
     assert flagged.sum() <= 0.02 * len(y)
+
+
+@pytest.mark.parametrize("digits_used, per_class", [((0, 1), 80), ((0, 1, 7), 30)])
+def test_case15_notebook_06s_folder_run_trains_small_folders_as_they_are(tmp_path, monkeypatch,
+                                                                         digits, digits_used,
+                                                                         per_class):
+    """Notebook 6 used to stop with "raise --xbm-per-class" / "pass a smaller --batch-size",
+    flags a notebook has no parameter for, on a 2-class 160-image or 3-class 90-image folder."""
+    from moit_explore.course import notebook_runs  # noqa: PLC0415 -- the notebook layer
+
+    monkeypatch.setenv("MOIT_COURSE_RUNS", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    for c in digits_used:
+        for i in rng.choice(np.flatnonzero(digits.train_labels == c), per_class, False):
+            path = tmp_path / "images" / f"digit{c}" / f"img{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(digits.train_images[i, :, :, 0]).save(path)
+    bundle = datasets.load_dataset(f"imagefolder:{tmp_path / 'images'}", channels=1,
+                                   image_size=8)
+    run = notebook_runs.folder_run(bundle, preset="smoke", progress=False, epochs=1)
+    assert run.final()["features"].shape[0] == len(digits_used) * per_class

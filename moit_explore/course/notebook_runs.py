@@ -338,7 +338,13 @@ def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
     digest.update(json.dumps([preset_name, overrides], sort_keys=True, default=str).encode())
     target = runs_dir() / "folders" / f"{preset_name}-{digest.hexdigest()[:12]}"
     height, _, channels = bundle.image_shape
-    settings = {"method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
+    # a small folder (2 classes of 80 images, 3 of 30) trains as it is: a batch no larger than
+    # the folder, and a memory that holds two batches of embeddings (train's check)
+    p = presets.preset(preset_name)
+    batch = min(p.batch_size, len(labels))
+    fitted = {"batch_size": batch,
+              "xbm_per_class": max(p.xbm_per_class, -(-batch // bundle.num_classes))}
+    settings = {**fitted, "method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
                 "n_test": None, "dataset": bundle.name, "image_size": height,
                 "image_channels": channels, "pad_inputs": 0, "gray_to_rgb": False,
                 "k": min(presets.preset(preset_name).k, len(labels) - 1), **overrides}
