@@ -206,3 +206,28 @@ def test_parameter_cell_can_force_the_mode():
     assert notebook_runs.preset(None) == ("digits" if notebook_runs.SMOKE else "cpu-demo")
     assert "'digits'" in notebook_runs.expected_time("digits")
     assert presets.preset("digits").k < 1437 // 10  # a k that fits the digits' classes
+
+
+def test_course_noise_file_draws_the_course_flip_map_on_the_digits(tmp_path, monkeypatch):
+    """Notebook 4's asymmetric run on the digits (no standard flip map in the trainer) trains on
+    a label file: the course's flip map drawn with the preset's noise seed, as notebook 1 draws
+    it; written once; Fashion-MNIST needs none (the trainer has its map)."""
+    import numpy as np
+
+    from moit_explore.course import notebook_runs
+    from moit_explore.maths import noise
+
+    monkeypatch.setenv("MOIT_COURSE_RUNS", str(tmp_path))
+    path = notebook_runs.course_noise_file("digits", 0.4)
+    assert path is not None and path.parent.parent == tmp_path
+    given = np.load(path)
+    labels = notebook_runs.preset_data("digits").train_labels
+    expected = noise.inject_noise(labels, "asymmetric", 0.4, 10, seed=42,
+                                  flip_map=notebook_runs.flip_map("digits")).noisy
+    assert np.array_equal(given, expected)
+    moved = given != labels
+    assert moved.any() and set(np.unique(labels[moved])) <= set(notebook_runs.DIGITS_FLIP_MAP)
+    stamp = path.stat().st_mtime_ns
+    assert notebook_runs.course_noise_file("digits", 0.4) == path
+    assert path.stat().st_mtime_ns == stamp  # not written again
+    assert notebook_runs.course_noise_file("cpu-demo", 0.4) is None
