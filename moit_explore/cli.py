@@ -480,12 +480,31 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # disk full, a read-only folder, no permission ...
         print(f"error: {_os_error(e)}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        print(f"error: out of memory ({_first_line(e)}): the configuration needs more memory "
+              "than this machine has; lower --width, --batch-size or --eval-batch-size",
+              file=sys.stderr)
+        return 1
     except distributed.DistributedError as e:  # under torchrun: a rank died or hung
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"interrupted{_interrupt_hint(args, argv)}", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, MemoryError) or "can't allocate memory" in text \
+        or "out of memory" in text.lower()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    tail = text[text.find("you tried"):] if "you tried" in text else text
+    return (tail.splitlines() or [type(e).__name__])[0][:160]
 
 
 def _os_error(e: OSError) -> str:

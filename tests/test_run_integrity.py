@@ -528,6 +528,25 @@ def test_case16_a_checkpoint_of_other_shapes_is_a_clear_error(capsys, run_copy, 
                   "does not fit")
 
 
+def test_case16_a_model_too_large_for_memory_is_a_clear_error(tmp_path):
+    """``--width 100000`` asks for 720 GB of weights: one line naming the flags to lower. Run
+    in a process whose address space is capped, so the test never takes the machine's memory."""
+    import resource  # noqa: PLC0415 -- POSIX only
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    r = subprocess.run([sys.executable, "-m", "moit_explore", "train", *SMOKE, "--width",
+                        "100000", "--runs-root", str(tmp_path), "--name", "wide"],
+                       capture_output=True, text=True, timeout=120, preexec_fn=cap,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "out of memory" in r.stderr and "--width" in r.stderr
+    assert not (tmp_path / "wide").exists()  # nothing left that blocks the rerun
+
+
 def test_case17_undecodable_bytes_name_the_file_and_line(capsys, run_copy, tmp_path, digits):
     metrics = run_copy / "metrics.jsonl"
     metrics.write_bytes(metrics.read_bytes().replace(b'"lr"', b'"l\xb4r"', 1))
