@@ -482,6 +482,12 @@ def test_case16_a_diverging_training_says_so_and_names_the_way_out(capsys, tmp_p
     assert rc == 0, err
 
 
+@pytest.mark.parametrize("flag", ["--alpha", "--lr", "--tau", "--weight-decay"])
+def test_case16_an_infinite_setting_is_refused_before_training(capsys, tmp_path, flag):
+    rc, _, err = run_cli(capsys, "train", *SMOKE, flag, "inf", "--runs-root", tmp_path)
+    assert rc == 2 and "must be a finite number" in err and not list(tmp_path.iterdir())
+
+
 def test_case16_a_full_disk_while_checkpointing_is_a_clear_error(capsys, tmp_path, monkeypatch):
     def full(*a, **kw):
         raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0"

@@ -69,9 +69,11 @@ def check_int(name: str, value: Any, low: int | None = None, *,
 
 def check_float(name: str, value: Any, low: float | None = None, high: float | None = None, *,
                 low_open: bool = False, high_open: bool = False) -> float:
-    """A number (not NaN) in the interval given by ``low`` / ``high`` (open ends when asked)."""
+    """A finite number in the interval given by ``low`` / ``high`` (open ends when asked)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if math.isinf(value):  # no setting of this package means anything at infinity
+        raise ValueError(f"{name} must be a finite number, got {value}")
     lo_bad = low is not None and (value <= low if low_open else value < low)
     hi_bad = high is not None and (value >= high if high_open else value > high)
     if lo_bad or hi_bad or math.isnan(value):
