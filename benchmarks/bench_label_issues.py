@@ -2,6 +2,7 @@
 
     python benchmarks/bench_label_issues.py                  # 3 noise seeds, a few minutes
     python benchmarks/bench_label_issues.py --seeds 1 2 3 4 5
+    python benchmarks/bench_label_issues.py --runs RUN_DIR ...   # on trained embeddings
 
 Features: PCA with 64 components (fitted on the images themselves) of the raw pixels of
 Fashion-MNIST training images; no model is trained, so both methods see one fixed, modest
@@ -23,6 +24,11 @@ get_label_quality_scores`` (both defaults). Per row and method: flagged, precisi
 F1 against the true flips, AUROC of the label-quality score (lower = more likely wrong),
 correct labels flagged, seconds (the package: kNN search included; cleanlab: the 5 fits
 included); mean and standard deviation over the noise seeds.
+
+``--runs``: instead, on each training run's final embedding (``embeddings/final.npz``, true
+labels known): the package, cleanlab with out-of-fold logistic-regression ``pred_probs`` on the
+same embedding, and the run's own training selection ("not selected for training", for
+reference: it is not a verdict on labels).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import argparse
 import platform
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,6 +101,29 @@ def cleanlab_pipeline(x: np.ndarray, given: np.ndarray,
     return flagged, quality, time.perf_counter() - t0
 
 
+def on_runs(paths: list[str]) -> None:
+    from moit_explore.training import runs  # noqa: PLC0415
+
+    print("| run | method | flagged | precision | recall | F1 | AUROC | correct labels flagged "
+          "| seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for path in paths:
+        run = runs.load_run(path)
+        final = run.final()
+        x = final["features"].astype(np.float32)
+        given, true = final["labels_given"], final["labels_true"]
+        noisy = given != true
+        name = f"{Path(path).name} ({len(given)} images, {noisy.mean():.0%} wrong)"
+        rows = {"package": package(x, given), "cleanlab": cleanlab_pipeline(x, given, 0)}
+        if "clean" in final:
+            rows["not selected for training"] = (~final["clean"].astype(bool),
+                                                 -final["discrepancy"], float("nan"))
+        for method, (flagged, quality, secs) in rows.items():
+            r = evaluate(flagged, quality, noisy, secs)
+            print(f"| {name} | {method} | " + " | ".join(fmt([r[m]], m) for m in METRICS)
+                  + " |")
+
+
 def fmt(values: list[float], key: str) -> str:
     v = np.asarray(values, dtype=float)
     if np.isnan(v).all():
@@ -109,8 +139,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="noise seeds")
     ap.add_argument("--components", type=int, default=64)
+    ap.add_argument("--runs", nargs="+", metavar="RUN_DIR", default=None,
+                    help="compare on these runs' final embeddings instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.runs:
+        on_runs(args.runs)
+        return
     t_all = time.perf_counter()
     full = datasets.load_dataset("fashion-mnist", download=False)
     sub = datasets.subset(full, n_train=10_000, n_test=0, seed=0)
