@@ -16,13 +16,10 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -40,7 +37,7 @@ from moit_explore.maths.validation import (
     check_mask,
     default_k,
 )
-from moit_explore.training import runs
+from moit_explore.training import engine, runs
 
 __all__ = [
     "EpochPanel", "KSliderPanel", "NoisePanel", "SuspiciousImagesPanel", "ThresholdPanel",
@@ -105,24 +102,6 @@ def metrics_html(metrics: dict[str, Any]) -> str:
              ("distance_ratio_given", "within/between")]
     parts = [f"{label} {_fmt(metrics[key])}" for key, label in names if key in metrics]
     return f'<span class="{METRICS_CSS_CLASS}">{" · ".join(parts)}</span>'
-
-
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Run torch ops with ``n`` intra-op threads, then restore.
-
-    WHY: detection's small per-k ops (sorts, bincounts on 60k rows) run several times slower
-    with OpenMP threads that spin against each other on a busy 2-core machine.
-    """
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _groups(clean: np.ndarray, is_noisy: np.ndarray | None) -> tuple[np.ndarray, tuple]:
@@ -231,7 +210,7 @@ class KSliderPanel(_Panel):
     detection.detect_from_neighbors and returns the metrics; ``histograms`` holds the
     discrepancy histograms (correct vs noisy labels, or selected vs not selected without
     ``is_noisy``). torch_threads: intra-op threads while detecting (1 by default, see
-    :func:`_torch_threads`; None leaves torch's setting alone).
+    :func:`~moit_explore.training.engine.torch_threads`; None leaves torch's setting alone).
     """
 
     def __init__(
@@ -268,7 +247,7 @@ class KSliderPanel(_Panel):
         return check_k(k, self.n, k_max=self.k_max)
 
     def _compute(self, k: int, balance: str) -> tuple[dict[str, Any], det_mod.Detection]:
-        with _torch_threads(self.torch_threads):
+        with engine.torch_threads(self.torch_threads):
             det = det_mod.detect_from_neighbors(self.neighbors, self.labels, self.num_classes,
                                                 k=k, balance=balance)
         clean = det.clean

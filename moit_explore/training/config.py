@@ -10,6 +10,7 @@ loaded or any epoch runs.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from moit_explore.maths.validation import (
 )
 from moit_explore.training.methods import TRAINING_METHODS, get_method
 
-__all__ = ["FinetuneConfig", "TrainConfig"]
+__all__ = ["PLACE_FIELDS", "FinetuneConfig", "TrainConfig", "config_differences"]
 
 NOISE_CHOICES = ("none", "symmetric", "asymmetric")
 ARCH_CHOICES = ("preact_resnet18", "small_cnn")
@@ -69,8 +70,22 @@ def _check_epochs_tuple(name: str, value: Any) -> None:
                          f"such as 125,200), got {value!r}")
 
 
-# Fields added after runs were first written, with the behaviour runs had before them.
-_LEGACY: dict[str, Any] = {"drop_last": True, "shortcut": "raw"}
+# fields that say where a run lives or how it reports, not what it learns: never compared when
+# a run is resumed or a cached run stands in for a configuration
+PLACE_FIELDS = frozenset({"name", "overwrite", "runs_root", "data_root", "progress"})
+
+
+def config_differences(saved: dict, expected: dict, *, ignore: frozenset[str] = PLACE_FIELDS,
+                       missing_differs: bool = True) -> list[str]:
+    """The fields of ``expected`` whose value in ``saved`` (a config.json) differs, compared as
+    config.json reads them back (tuples as lists). missing_differs: whether a field ``saved``
+    lacks (a run of an older version) counts as a difference."""
+    def as_json(value: Any) -> Any:
+        return json.loads(json.dumps(value, default=str))
+
+    return [k for k, v in expected.items() if k not in ignore
+            and (k not in saved and missing_differs
+                 or k in saved and as_json(saved[k]) != as_json(v))]
 
 
 def _check_seed(name: str, value: Any) -> None:
@@ -109,6 +124,24 @@ class _Schedule:
     overwrite: bool = _f(False, "empty an existing run directory of the same name")
     progress: bool = _f(True, "tqdm progress bars")
 
+    # fields added after runs were first written, with the behaviour runs had before them (a
+    # plain class attribute: no annotation, so not a field)
+    _legacy = {}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Any:
+        """Build from a dict (e.g. a run's config.json); unknown keys are ignored, lists become
+        tuples. A field that a config.json from an earlier version lacks takes the behaviour
+        that version had (``_legacy``), so its runs resume and reload as they were trained."""
+        kw = {}
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                v = d[f.name]
+                kw[f.name] = tuple(v) if isinstance(v, list) else v
+            elif f.name in cls._legacy:
+                kw[f.name] = cls._legacy[f.name]
+        return cls(**kw)
+
     def replace(self, **changes: Any) -> Any:
         """A copy with ``changes`` applied (dataclasses.replace)."""
         return dataclasses.replace(self, **changes)
@@ -141,6 +174,8 @@ class _Schedule:
 @dataclass
 class TrainConfig(_Schedule):
     """One training run (MOIT or a baseline). Field defaults are the paper's CIFAR protocol."""
+
+    _legacy = {"drop_last": True, "shortcut": "raw"}
 
     preset: str | None = _f(None, "the preset this configuration started from (recorded)")
     method: str = _f("moit", "training method: " + ", ".join(
@@ -212,20 +247,6 @@ class TrainConfig(_Schedule):
                           "<preset>-<method>-<noise>-<rate>-seed<seed>)")
 
     # ------------------------------------------------------------------ helpers
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Build from a dict (e.g. a run's config.json); unknown keys are ignored, lists become
-        tuples. A field that a config.json from an earlier version lacks takes the behaviour
-        that version had (``_LEGACY``), so its runs resume and reload as they were trained."""
-        kw = {}
-        for f in dataclasses.fields(cls):
-            if f.name in d:
-                v = d[f.name]
-                kw[f.name] = tuple(v) if isinstance(v, list) else v
-            elif f.name in _LEGACY:
-                kw[f.name] = _LEGACY[f.name]
-        return cls(**kw)
 
     def detect_mode(self) -> str:
         """The effective detection mode ("epoch" | "final" | "off")."""

@@ -21,7 +21,6 @@ symbolic link, and a process training in it holds its lock: :mod:`moit_explore.t
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import math
@@ -39,7 +38,8 @@ import torch
 
 from moit_explore.maths import noise
 from moit_explore.training import datasets
-from moit_explore.training.config import TrainConfig
+from moit_explore.training.config import FinetuneConfig, TrainConfig
+from moit_explore.training.methods import METHODS
 from moit_explore.training.rundir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -486,7 +486,6 @@ _EXTRA_FIELDS = {"classes": list, "num_classes": int, "n_train_actual": int,
 def _checked_config(config: Any, path: Path) -> dict:
     """config.json's settings, each checked as a new run's are (TrainConfig.validate, and the
     fine-tuning's FinetuneConfig.validate), so that every command reads one run the same way."""
-    from moit_explore.training.config import FinetuneConfig  # noqa: PLC0415
 
     def bad(why: str) -> ValueError:
         return ValueError(f"{path} is damaged or was edited: {why}. Restore it from a copy, or "
@@ -500,17 +499,17 @@ def _checked_config(config: Any, path: Path) -> dict:
             raise bad(f"{key} is {v!r}, not a {kind.__name__}")
     if not all(isinstance(c, str) for c in config.get("classes", [])):
         raise bad("classes must be a list of class names")
-    plus = config.get("method") == "moit+"
+    method = METHODS.get(config.get("method"))
+    plus = method is not None and method.is_fine_tuning
     try:  # a MOIT+ run's settings are its base run's, with the fine-tuning's on top
-        cfg = TrainConfig.from_dict(dict(config, method=config.get("base_method", "moit"))
-                                    if plus else config).validate()
+        base = dict(config, method=config.get("base_method", method.fine_tunes)) if plus \
+            else config
+        cfg = TrainConfig.from_dict(base).validate()
         if plus:
             ft = config.get("finetune")
             if not isinstance(ft, dict):
                 raise ValueError("a MOIT+ run needs its fine-tuning settings (finetune)")
-            names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-            FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in ft.items() if k in names}).validate()
+            FinetuneConfig.from_dict(ft).validate()
     except (TypeError, ValueError) as e:
         raise bad(str(e)) from None
     return config if plus else dict(config, **jsonable(cfg.to_dict()))

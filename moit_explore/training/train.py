@@ -29,10 +29,13 @@ import torch
 from torch import nn
 
 from moit_explore.maths import memory, models
+from moit_explore.maths.validation import check_k
 from moit_explore.training import distributed, engine, fingerprint, rundir, runs
 from moit_explore.training.config import (
+    PLACE_FIELDS,
     FinetuneConfig,
     TrainConfig,
+    config_differences,
 )
 from moit_explore.training.datasets import load_data
 from moit_explore.training.engine import EpochCallback, Session, embed, resolve_device
@@ -268,7 +271,8 @@ def _resume(run_dir: Path, progress: bool | None, on_epoch_end: EpochCallback | 
                          "run with --name instead")
     if plus:
         _single_process("resuming MOIT+")
-        fcfg = _finetune_config(run.config.get("finetune", {})).replace(**overrides).validate()
+        fcfg = FinetuneConfig.from_dict(run.config.get("finetune", {})).replace(
+            **overrides).validate()
         epochs = fcfg.epochs
     else:
         root = runs.trusted_data_root(run.config, run_dir / runs.CONFIG_FILE, data_root,
@@ -325,10 +329,6 @@ def _resume_session(s: Session, state: dict, run: Any, overrides: dict, progress
     return engine.run(s, s.cfg.progress if progress is None else progress, on_epoch_end)
 
 
-# fields of where a run lives and how it reports: never compared on resume
-_PLACE_FIELDS = ("name", "overwrite", "runs_root", "data_root", "progress")
-
-
 def _check_same_config(run: Any, state: dict, ck_path: Path, plus: bool) -> None:
     """Refuse a config.json that differs from the configuration the checkpoint was trained
     with (an edited method, n_train, width ... would resume into an inconsistent run)."""
@@ -337,11 +337,11 @@ def _check_same_config(run: Any, state: dict, ck_path: Path, plus: bool) -> None
         return  # a checkpoint from before configurations were stored in it
     current = run.config.get("finetune", {}) if plus else run.config
     cls = FinetuneConfig if plus else TrainConfig
-    free = set(FINETUNE_RESUMABLE_FIELDS if plus else RESUMABLE_FIELDS) | set(_PLACE_FIELDS)
-    diffs = [f"{f.name} (config.json {current[f.name]!r}, checkpoint {stored[f.name]!r})"
-             for f in dataclasses.fields(cls)
-             if f.name not in free and f.name in stored and f.name in current
-             and runs.jsonable(current[f.name]) != runs.jsonable(stored[f.name])]
+    free = set(FINETUNE_RESUMABLE_FIELDS if plus else RESUMABLE_FIELDS) | PLACE_FIELDS
+    trained = {f.name: stored[f.name] for f in dataclasses.fields(cls) if f.name in stored}
+    diffs = [f"{k} (config.json {current[k]!r}, checkpoint {stored[k]!r})"
+             for k in config_differences(current, trained, ignore=frozenset(free),
+                                         missing_differs=False)]
     if diffs:
         raise ValueError(f"{run.path / runs.CONFIG_FILE} differs from the configuration its "
                          f"checkpoint {ck_path} was trained with: {'; '.join(diffs)}. Restore "
@@ -419,11 +419,10 @@ def prepare_finetune(run_dir: str | Path, fcfg: FinetuneConfig, *,
         raise ValueError(f"the checkpoint of {run_dir} is from epoch {state['epoch']}, not the "
                          f"final epoch {cfg.epochs}; resume the run to its end first: "
                          f"{runs.command('train', '--resume', run_dir)}")
-    n = len(final["labels_given"])
-    if not 1 <= cfg.k < n:
-        # MOIT+ scores its final features with the base run's detection, k included
-        raise ValueError(f"the detection of {run_dir} uses k={cfg.k} neighbours, which needs "
-                         f"more than {cfg.k} training images; the run has {n}")
+    try:  # MOIT+ scores its final features with the base run's detection, k included
+        check_k(cfg.k, len(final["labels_given"]), samples="training images")
+    except ValueError as e:
+        raise ValueError(f"the detection of {run_dir}: {e}") from None
     c = int(run.config["num_classes"])
     in_ch = int(run.config["image_shape"][2])
     model = models.build_model(cfg.arch, c, in_ch, width=cfg.width, projection=cfg.projection,
@@ -532,8 +531,3 @@ def _finetune_session(base_dir: Path, fcfg: FinetuneConfig, out: Path,
                    normalize=normalize, streams=(2, 3, 5), clean=clean, train_subset=keep)
 
 
-def _finetune_config(d: dict) -> FinetuneConfig:
-    """A MOIT+ run's FinetuneConfig from its config.json ``finetune`` entry (lists -> tuples)."""
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    return FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v
-                             for k, v in d.items() if k in names})
