@@ -26,7 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from moit_explore.maths import noise
-from moit_explore.training import datasets, presets, runs, train
+from moit_explore.training import config, datasets, engine, presets, runs, train
 from moit_explore.training.methods import get_method
 
 __all__ = [
@@ -196,15 +196,6 @@ def _complete(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "embeddings" / "final.npz").is_file()
 
 
-# fields that say where a run lives or how it reports, not what it learns
-_PLACE_FIELDS = frozenset({"progress", "runs_root", "name", "overwrite", "data_root"})
-
-
-def _json(value: Any) -> Any:
-    """``value`` as it reads back from config.json (tuples become lists)."""
-    return json.loads(json.dumps(value, default=str))
-
-
 def _settings_match(path: Path, expected: dict, key: str | None = None) -> bool:
     """Whether the cached run at ``path`` was trained with the settings ``expected`` (a config
     dict; ``key``: the sub-dict of config.json that holds them). A run from another preset
@@ -215,8 +206,7 @@ def _settings_match(path: Path, expected: dict, key: str | None = None) -> bool:
     except (OSError, ValueError):
         return False
     saved = saved.get(key, {}) if key else saved
-    return all(k in saved and saved[k] == _json(v)
-               for k, v in expected.items() if k not in _PLACE_FIELDS)
+    return not config.config_differences(saved, expected)
 
 
 def course_noise_file(preset_name: str, rate: float) -> Path | None:
@@ -374,9 +364,7 @@ def _prepare_one(task: tuple, preset_name: str) -> str:
     """Train (or find cached) one course run in this process, with one torch thread."""
     import tempfile
 
-    import torch
-
-    torch.set_num_threads(1)
+    engine.set_threads(1)
     method, rate, *noise = task
     if method == "folder":  # notebook 6's demo folder, written as the notebook writes it
         with tempfile.TemporaryDirectory(prefix="moit-folder-") as tmp:
