@@ -159,12 +159,39 @@ def test_resume_under_torchrun_with_another_number_of_processes(pair):
     assert torch.load(part / "checkpoint.pt", weights_only=True)["epoch"] == 3
 
 
+# rank 1 exits (status 3) or hangs at the end of epoch 2's training: the CLI, with Dist's
+# end of epoch wrapped so; the job must end with a clear error
+_FAILING_RANK = """
+import os, sys, time
+from moit_explore import cli
+from moit_explore.training import distributed
+
+mode = sys.argv.pop(1)
+original = distributed.Dist.end_of_epoch
+
+def end_of_epoch(self, model, epoch):
+    if self.rank == 1 and epoch == 2:
+        print(f"rank 1 {mode}s in epoch 2", file=sys.stderr, flush=True)
+        if mode == "exit":
+            os._exit(3)
+        time.sleep(10 * self.timeout_s + 60)
+    original(self, model, epoch)
+
+distributed.Dist.end_of_epoch = end_of_epoch
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.parametrize("mode", ["exit", "hang"])
 def test_a_dead_or_hung_rank_ends_the_job_with_an_error(tmp_path, mode):
     # exit: torchrun stops the job; hang: rank 0's collective times out after 5 s
-    env = _env(**{distributed.FAILURE_HOOK: f"{mode}:1:2"})
-    r = torchrun(["train", "--preset", "smoke", "--runs-root", str(tmp_path), "--name", "dead",
-                  "--dist-timeout", "5"], tmp_path, env)
+    script = tmp_path / "failing_rank.py"
+    script.write_text(_FAILING_RANK)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), mode, "train", "--preset", "smoke", "--runs-root", str(tmp_path),
+           "--name", "dead", "--dist-timeout", "5"]
+    r = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                       timeout=TORCHRUN_TIMEOUT)
     assert r.returncode != 0
     assert f"rank 1 {mode}s in epoch 2" in r.stderr
     if mode == "hang":

@@ -49,8 +49,6 @@ import contextlib
 import datetime
 import inspect
 import os
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -65,9 +63,6 @@ __all__ = ["BN_CHOICES", "Dist", "DistributedError", "GlobalBatchNorm", "Sharded
            "process_group", "split_sizes"]
 
 BN_CHOICES = ("sync", "per-rank")
-# test hook: "exit:RANK:EPOCH" makes that rank exit (status 3) at the end of that epoch's
-# training, "hang:RANK:EPOCH" makes it sleep; the job must end with a clear error
-FAILURE_HOOK = "MOIT_TEST_RANK_FAILURE"
 T = TypeVar("T")
 
 
@@ -329,16 +324,7 @@ class Dist:
                 dist.broadcast(buf, 0)
 
     def end_of_epoch(self, model: nn.Module, epoch: int) -> None:
-        """After an epoch's training: the failure test hook, then :meth:`sync_buffers`."""
-        hook = os.environ.get(FAILURE_HOOK, "")
-        if hook:
-            mode, rank, at = hook.split(":")
-            if int(rank) == self.rank and int(at) == epoch:
-                print(f"moit_explore: rank {self.rank} {mode}s in epoch {epoch} "
-                      f"({FAILURE_HOOK} test hook)", file=sys.stderr, flush=True)
-                if mode == "exit":
-                    os._exit(3)
-                time.sleep(10 * self.timeout_s + 60)
+        """After an epoch's training: :meth:`sync_buffers`."""
         self.sync_buffers(model)
 
     def on_main(self, fn: Callable[[], T]) -> T:
