@@ -242,8 +242,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                     or given.get("rate", 0) != 0):
         raise ValueError("--noise-file gives the labels themselves; --noise and --rate draw "
                          "synthetic noise instead. Pass one or the other")
-    cfg = presets.preset(name, **given).validate()
+    cfg = presets.preset(name, **given)  # train.train validates it, once
     if args.dry_run:
+        cfg.validate()
         for k, v in cfg.to_dict().items():
             print(f"{k:18s} {v}")
         return 0
@@ -268,7 +269,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     base = runs.load_run(args.run_dir).config
     name = args.preset or presets.finetune_preset_for(base.get("preset"), base.get("rate"),
                                                       base.get("noise"))
-    fcfg = presets.finetune_preset(name, **given).validate()
+    fcfg = presets.finetune_preset(name, **given)  # train.finetune validates it, once
     args.run_dir_hint = Path(args.run_dir) / fcfg.name
     path = train.finetune(args.run_dir, fcfg, data_root=args.data_root)
     _print_summary(path)

@@ -276,11 +276,9 @@ class TrainConfig(_Schedule):
         # the seed too: a seed sweep gets one run directory per seed
         return f"{preset_name or 'custom'}-{self.method}-{noise}{rate}-seed{self.seed}"
 
-    def validate(self, n_train: int | None = None) -> TrainConfig:
-        """Raise ValueError naming the bad field and the fix; returns self.
-
-        n_train: the actual training set size when known (checks k < n_train).
-        """
+    def validate(self) -> TrainConfig:
+        """Raise ValueError naming the bad field and the fix; returns self. With ``n_train``
+        set, also :meth:`check_training_size` against it."""
         check_choice("method", self.method, TRAINING_METHODS)
         if canonical_dataset(self.dataset) is None and not (
                 isinstance(self.dataset, str) and self.dataset.lower().startswith("imagefolder:")):
@@ -329,13 +327,17 @@ class TrainConfig(_Schedule):
             raise ValueError(f"method {self.method} needs a detection after every epoch for its "
                              f"label correction, not --detect {self.detect}; use --detect epoch "
                              "(or auto), or set --correction-start >= --epochs")
-        n = n_train if n_train is not None else self.n_train
-        if n is not None:
-            check_k(self.k, n, samples="training images")
-        if n is not None and self.batch_size > n:
+        if self.n_train is not None:
+            self.check_training_size(self.n_train)
+        return self
+
+    def check_training_size(self, n: int) -> None:
+        """The checks that need the number of training images ``n`` (once the data is loaded:
+        an image folder's size is known only then): k < n, batch_size <= n."""
+        check_k(self.k, n, samples="training images")
+        if self.batch_size > n:
             raise ValueError(f"batch_size={self.batch_size} exceeds the {n} training images; "
                              "pass a smaller --batch-size")
-        return self
 
 
 @dataclass

@@ -166,7 +166,7 @@ def _training_session(cfg: TrainConfig, run_dir: Path, data: tuple | None = None
         run_dir, bundle, noisy, cfg.noise_file, action=f"resume {run_dir}",
         fix="train a new run with the same flags under another --name (or add --overwrite "
             "to replace this one)")
-    cfg.validate(n_train=len(bundle.train_labels))
+    cfg.check_training_size(len(bundle.train_labels))  # validated at the public boundary
     c = bundle.num_classes
     method = get_method(cfg.method)
     if method.uses_memory:
