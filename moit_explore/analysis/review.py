@@ -168,6 +168,9 @@ class Review:
             os.close(self._fd)
             self._fd = None
 
+    def __del__(self) -> None:  # a dropped Review releases its lock (the OS would at exit)
+        self.close()
+
     def __enter__(self) -> Review:
         return self
 
