@@ -358,6 +358,10 @@ def run(s: Session, progress: bool, on_epoch_end: EpochCallback | None = None) -
                 terms, n_images = train_epoch(s, epoch, bar)
             with clock("eval_time_s"):  # embed the training set, score the test set
                 logits, feats, test_acc = evaluate(s)
+            if not bool(torch.isfinite(feats).all()):  # eval-mode batch norm can overflow
+                raise FloatingPointError(     # while the training loss still looks finite
+                    f"the features of the training images became NaN or infinite in epoch "
+                    f"{epoch} (the weights or batch-norm statistics overflowed); lower --lr")
             with clock("detect_time_s"):  # kNN soft labels -> the clean mask of epoch + 1
                 det = detect(s, epoch, feats)
             if s.writes:
