@@ -185,11 +185,11 @@ class TrainConfig(_Schedule):
     data_root: str = _f("data", "folder holding the data sets")
     image_size: int | None = _f(None, "resize images to this size (None: native size)")
     image_channels: int = _f(3, "imagefolder only: 1 reads the images as grayscale, 3 as RGB")
-    pad_inputs: int = _f(0, "zero-pad every image by this many pixels on each side (cpu-demo: "
-                         "2, Fashion-MNIST's 28x28 to 32x32, the regime's choice; see "
-                         "benchmarks/RESULTS.md)")
-    gray_to_rgb: bool = _f(False, "copy a grayscale data set's channel to 3 channels (cpu-demo: "
-                           "on, the regime's choice)")
+    pad_inputs: int = _f(0, "zero-pad every image by this many pixels on each side, train and "
+                         "test (cpu-demo: 2, Fashion-MNIST's 28x28 to 32x32, the CPU regime's "
+                         "choice; see benchmarks/RESULTS.md)")
+    gray_to_rgb: bool = _f(False, "copy a grayscale data set's channel to 3 channels (colour "
+                           "images stay as they are)")
     n_train: int | None = _f(None, "stratified training subset size (None: all)")
     n_test: int | None = _f(None, "stratified test subset size (None: all)")
     subset_seed: int = _f(0, "seed of the stratified subset")
