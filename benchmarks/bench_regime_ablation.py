@@ -31,10 +31,10 @@ import regime_search  # noqa: E402
 from moit_explore.analysis import collapse  # noqa: E402
 from moit_explore.training import presets, runs, train  # noqa: E402
 
-# lever -> TrainConfig overrides on top of cpu-demo (the preset as it was before issue 18: the
-# 28x28 grayscale images; "native" pins that whatever the preset's current choice is)
+# lever -> TrainConfig overrides on top of cpu-demo ("preset": as it is; "native": the 28x28
+# grayscale images, the preset before issue 18; "pad2": the preset since)
 LEVERS: dict[str, dict] = {
-    "base": {},
+    "preset": {},
     "native": dict(pad_inputs=0, gray_to_rgb=False),
     "pad2-rgb": dict(pad_inputs=2, gray_to_rgb=True),   # the issue's CIFAR-format copy
     "pad2": dict(pad_inputs=2, gray_to_rgb=False),
@@ -116,29 +116,28 @@ def train_lever(lever: str, kind: str, rate: float, seed: int, args) -> Path:
 
 
 def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_prefix: str,
-          show_curve: bool) -> None:
+          show_curve: bool, methods: tuple[str, ...] = ("moit",)) -> None:
     cols = ["f1_first", "f1_last", "precision_last", "recall_first", "recall_last",
             "auroc_last", "fit_given", "knn_true", "test_last"]
-    print("| setting | lever | seeds | " + " | ".join(cols) + " |")
-    print("|---" * (len(cols) + 3) + "|")
+    print("| setting | lever | method | seeds | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 4) + "|")
     curves = {}
     for kind, rate in settings:
         for lever in levers:
-            rows = []
-            for seed in seeds:
-                d = regime_search.run_dir_of(runs_root, f"{trial_prefix}{lever}", "moit", kind,
-                                             rate, seed)
-                if (d / "metrics.jsonl").is_file() and (d / "embeddings").is_dir():
-                    try:
+            for method in methods:
+                rows = []
+                for seed in seeds:
+                    d = regime_search.run_dir_of(runs_root, f"{trial_prefix}{lever}", method,
+                                                 kind, rate, seed)
+                    if (d / "embeddings" / "final.npz").is_file():
                         rows.append((seed, run_row(d)))
-                        curves[(kind, rate, lever, seed)] = d
-                    except (FileNotFoundError, KeyError, ValueError):
-                        pass  # unfinished run
-            if not rows:
-                continue
-            cells = [_fmt([r[c] for _, r in rows]) for c in cols]
-            print(f"| {kind} {round(rate * 100)}% | {lever} | "
-                  f"{','.join(str(s) for s, _ in rows)} | " + " | ".join(cells) + " |")
+                        if method == "moit":
+                            curves[(kind, rate, lever, seed)] = d
+                if not rows:
+                    continue
+                cells = [_fmt([r[c] for _, r in rows]) for c in cols]
+                print(f"| {kind} {round(rate * 100)}% | {lever} | {method} | "
+                      f"{','.join(str(s) for s, _ in rows)} | " + " | ".join(cells) + " |")
     if show_curve:
         for (kind, rate, lever, seed), d in curves.items():
             print(f"\n{lever}, {kind} {round(rate * 100)}%, seed {seed} ({d}):")
@@ -165,6 +164,10 @@ def main() -> None:
                     help="pin the noise draw (default: each seed draws its own)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--curve", action="store_true", help="per-epoch table of every run")
+    ap.add_argument("--methods", default="moit",
+                    help="methods to tabulate (runs of regime_search.py under the same trial "
+                         "names, e.g. moit,ce: CE's detection is the same detector on its "
+                         "encoder features)")
     args = ap.parse_args()
     levers = args.levers.split(",")
     unknown = [lv for lv in levers if lv not in LEVERS]
@@ -178,7 +181,8 @@ def main() -> None:
             for seed in seeds:
                 for lever in levers:
                     train_lever(lever, kind, rate, seed, args)
-    table(levers, seeds, settings, args.runs_root, args.trial_prefix, args.curve)
+    table(levers, seeds, settings, args.runs_root, args.trial_prefix, args.curve,
+          tuple(args.methods.split(",")))
     print(json.dumps({"levers": levers, "seeds": seeds, "settings": args.settings}))
 
 
