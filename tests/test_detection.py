@@ -99,16 +99,6 @@ def test_soft_labels_count_first_k_columns():
     np.testing.assert_allclose(p_all[0], [0, 2 / 3, 1 / 3], rtol=1e-6)
 
 
-def test_similarity_weighting_is_an_option():
-    idx = np.array([[1, 2], [0, 2], [0, 1]])
-    sims = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, -0.4]], dtype=np.float32)
-    y = np.array([0, 1, 0])
-    p = soft_labels_from_neighbors(idx, y, 2, weighting="similarity", similarities=sims)
-    np.testing.assert_allclose(p, [[0.1, 0.9], [1.0, 0.0], [1.0, 0.0]], rtol=1e-6)
-    with pytest.raises(ValueError, match="similarities"):
-        soft_labels_from_neighbors(idx, y, 2, weighting="similarity")
-
-
 def test_soft_labels_match_brute_force_on_large_random_lists():
     # many row blocks, so the threaded counting is exercised
     rng = np.random.default_rng(3)

@@ -80,18 +80,6 @@ def test_plot_embedding_into_given_ax_and_grid(noisy_digits):
     assert len(visible) == 2 and visible[0].get_title() == "supcon · 0.3"
 
 
-def test_plot_collapse_over_epochs_lines():
-    table = pd.DataFrame({"epoch": [1, 2, 3], "knn_acc_true": [0.9, 0.8, 0.7],
-                          "noisy_agree_given": [0.1, 0.3, 0.6]})
-    fig = figures.plot_collapse_over_epochs(table)
-    _render(fig)
-    lines = fig.axes[0].get_lines()
-    assert len(lines) == 2
-    assert list(lines[1].get_ydata()) == [0.1, 0.3, 0.6]
-    with pytest.raises(ValueError, match="none of"):
-        figures.plot_collapse_over_epochs(table, metrics=("missing",))
-
-
 def test_plot_soft_label_histograms_counts(noisy_digits):
     x, nz, det = noisy_digits
     table = label_issues.label_issues_table(nz.noisy, x, true_labels=nz.clean)
@@ -109,41 +97,6 @@ def test_plot_discrepancy_histograms(noisy_digits):
     _, nz, det = noisy_digits
     fig = figures.plot_discrepancy_histograms(det.discrepancy, nz.is_noisy, bins=12)
     assert sum(p.get_height() for p in fig.axes[0].patches) == len(nz.noisy)
-
-
-def test_plot_pr_roc_marks_operating_point(noisy_digits):
-    _, nz, det = noisy_digits
-    fig = figures.plot_pr_roc(nz.is_noisy, det.discrepancy, det.clean)
-    _render(fig)
-    assert len(fig.axes) == 2
-    rep = reports.detection_report(det.clean, nz.is_noisy, det.discrepancy)
-    pr_point = fig.axes[0].get_lines()[-1]
-    assert pr_point.get_xdata()[0] == pytest.approx(rep["recall"])
-    assert pr_point.get_ydata()[0] == pytest.approx(rep["precision"])
-    roc_line = fig.axes[1].get_lines()[0]
-    fpr, tpr, _ = reports.roc_curve(nz.is_noisy, det.discrepancy)
-    assert np.allclose(roc_line.get_xdata(), fpr) and np.allclose(roc_line.get_ydata(), tpr)
-    assert f"AUROC {rep['auroc']:.3f}" in [t.get_text() for t in fig.axes[1].get_legend().texts]
-
-
-def test_plot_pr_roc_operating_point_uses_the_shared_prf(noisy_digits):
-    """Where precision is undefined (nothing flagged) the plot says NaN, as
-    detection.detection_metrics and the widgets do, instead of a made-up 0."""
-    _, nz, det = noisy_digits
-    everything_clean = np.ones_like(det.clean)
-    fig = figures.plot_pr_roc(nz.is_noisy, det.discrepancy, everything_clean)
-    ref = detection.detection_metrics(everything_clean, nz.is_noisy)
-    assert np.isnan(ref["precision"]) and ref["recall"] == 0.0
-    pr_point = fig.axes[0].get_lines()[-1]
-    assert np.isnan(pr_point.get_ydata()[0]) and pr_point.get_xdata()[0] == 0.0
-    roc_point = fig.axes[1].get_lines()[-1]
-    assert roc_point.get_xdata()[0] == 0.0 and roc_point.get_ydata()[0] == 0.0
-    # a real selection: the marked point is detection_metrics' precision / recall
-    fig = figures.plot_pr_roc(nz.is_noisy, det.discrepancy, det.clean)
-    ref = detection.detection_metrics(det.clean, nz.is_noisy)
-    pr_point = fig.axes[0].get_lines()[-1]
-    assert pr_point.get_ydata()[0] == ref["precision"]
-    assert pr_point.get_xdata()[0] == ref["recall"]
 
 
 def test_plot_confusion_and_transition_cells():

@@ -1,7 +1,7 @@
 """Reports on detections and runs: how well does the clean selection split clean from noisy,
 and what came out of a training run?
 
-- one detection: :func:`detection_report`, :func:`pr_curve`, :func:`roc_curve`,
+- one detection: :func:`detection_report`,
   :func:`per_class_detection` (precision / recall / F1 are detection.prf everywhere);
 - runs: :func:`metrics_frame`, :func:`detection_over_epochs`, :func:`continued_metrics` (MOIT+
   after MOIT on one epoch axis), :func:`summarize_runs` (the one run summary table, used by
@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, precision_recall_curve
-from sklearn.metrics import roc_curve as sk_roc_curve
+from sklearn.metrics import average_precision_score
 
 from moit_explore.maths import detection
 from moit_explore.maths.validation import check_labels, check_mask, check_num_classes
@@ -35,8 +34,6 @@ __all__ = [
     "memorisation",
     "metrics_frame",
     "per_class_detection",
-    "pr_curve",
-    "roc_curve",
     "summarize_runs",
 ]
 
@@ -62,29 +59,6 @@ def detection_report(clean: Any, is_noisy: Any, discrepancy: Any = None) -> dict
     report.update(average_precision=ap, n_selected=int(c.sum()), n_noisy=int(noisy.sum()),
                   noise_rate=float(noisy.mean()) if noisy.size else float("nan"))
     return report
-
-
-def _score_inputs(is_noisy: Any, discrepancy: Any) -> tuple[np.ndarray, np.ndarray]:
-    noisy = check_mask(is_noisy, None, "is_noisy")
-    score = np.asarray(discrepancy, dtype=np.float64)
-    if score.shape != noisy.shape:
-        raise ValueError(f"discrepancy must have shape {noisy.shape}, got {score.shape}")
-    if not 0 < noisy.sum() < noisy.size:
-        raise ValueError("curves need both noisy and clean samples; is_noisy is all one value")
-    return noisy, score
-
-
-def pr_curve(is_noisy: Any, discrepancy: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision-recall curve of ``discrepancy`` as a noise score.
-
-    Returns (precision, recall, thresholds) as sklearn.metrics.precision_recall_curve.
-    """
-    return precision_recall_curve(*_score_inputs(is_noisy, discrepancy))
-
-
-def roc_curve(is_noisy: Any, discrepancy: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC curve of ``discrepancy`` as a noise score: (fpr, tpr, thresholds)."""
-    return sk_roc_curve(*_score_inputs(is_noisy, discrepancy))
 
 
 def per_class_detection(

@@ -19,12 +19,10 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from moit_explore.analysis import reports
-from moit_explore.maths import detection
 
 __all__ = [
     "embedding_figure_legend",
     "embedding_legend_handles",
-    "plot_collapse_over_epochs",
     "plot_confusion",
     "plot_detection_curves",
     "plot_discrepancy_histograms",
@@ -36,7 +34,6 @@ __all__ = [
     "plot_memorization",
     "plot_neighbors",
     "plot_per_class_detection",
-    "plot_pr_roc",
     "plot_soft_label_histograms",
     "plot_soft_labels",
     "plot_training_curves",
@@ -191,32 +188,6 @@ def plot_embedding_grid(
         shown = np.concatenate([np.asarray(arrays[k][color_by]) for k in keys])
         embedding_figure_legend(fig, shown, classes,
                                 noisy="labels_true" in first and "labels_given" in first)
-    return fig
-
-
-def plot_collapse_over_epochs(
-    table: pd.DataFrame,
-    metrics: Sequence[str] = ("knn_acc_true", "knn_acc_given", "noisy_agree_given",
-                              "noisy_agree_true"),
-    *,
-    ax: Any = None,
-    title: str = "embedding over training",
-):
-    """Lines of analysis.collapse_over_epochs columns against epoch (missing columns skipped)."""
-    if "epoch" not in table:
-        raise ValueError("expected the DataFrame of analysis.collapse_over_epochs (an 'epoch' "
-                         "column)")
-    cols = [m for m in metrics if m in table]
-    if not cols:
-        raise ValueError(f"none of {list(metrics)} are columns of the table; it has "
-                         f"{list(table.columns)}")
-    fig, ax = _fig_ax(ax)
-    for col in cols:
-        ax.plot(table["epoch"], table[col], marker="o", ms=3, label=col.replace("_", " "))
-    ax.set_xlabel("epoch")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize="small")
-    ax.set_title(title)
     return fig
 
 
@@ -414,45 +385,6 @@ def _plot_transition(t: np.ndarray, classes: Sequence[str] | None, title: str, a
 
 
 # --------------------------------------------------------------------------- detection
-
-
-def plot_pr_roc(
-    is_noisy: Any,
-    discrepancy: Any,
-    clean: Any = None,
-    *,
-    axes: Sequence[Any] | None = None,
-):
-    """Precision-recall and ROC curves of the discrepancy as a noise score (two axes); with
-    ``clean`` (the selection) its operating point (label issues = not clean) is marked on
-    both, with detection.prf's precision and recall (NaN, so not drawn, where undefined)."""
-    precision, recall, _ = reports.pr_curve(is_noisy, discrepancy)
-    fpr, tpr, _ = reports.roc_curve(is_noisy, discrepancy)
-    if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4), layout="constrained")
-    else:
-        fig = axes[0].figure
-    noisy = np.asarray(is_noisy, dtype=bool)
-    rep = reports.detection_report(np.ones_like(noisy) if clean is None else clean, noisy,
-                                   discrepancy)
-    ax_pr, ax_roc = axes[0], axes[1]
-    ax_pr.plot(recall, precision, color=NOISY_COLOR, label=f"AP {rep['average_precision']:.3f}")
-    ax_pr.axhline(noisy.mean(), color="0.6", ls="--", lw=1, label="chance")
-    ax_roc.plot(fpr, tpr, color=NOISY_COLOR, label=f"AUROC {rep['auroc']:.3f}")
-    ax_roc.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="chance")
-    if clean is not None:
-        counts = detection.detection_counts(clean, noisy)
-        n_clean = counts["fp"] + counts["tn"]
-        op_fpr = counts["fp"] / n_clean if n_clean else float("nan")
-        ax_pr.plot([rep["recall"]], [rep["precision"]], "ko", label="selection")
-        ax_roc.plot([op_fpr], [rep["recall"]], "ko", label="selection")
-    ax_pr.set(xlabel="recall (noisy found)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-              title="precision-recall")
-    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
-               ylim=(0, 1.02), title="ROC")
-    ax_pr.legend(fontsize="small")
-    ax_roc.legend(fontsize="small")
-    return fig
 
 
 def plot_per_class_detection(

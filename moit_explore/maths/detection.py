@@ -35,7 +35,6 @@ from moit_explore.maths.validation import (
     BACKEND_CHOICES,
     BALANCE_CHOICES,
     DEFAULT_BALANCE,
-    WEIGHTING_CHOICES,
     check_choice,
     check_features,
     check_k,
@@ -116,7 +115,7 @@ def _workers() -> int:
 
 
 def _count_numpy(
-    idx: np.ndarray, labels: np.ndarray, num_classes: int, k: int, weights: np.ndarray | None
+    idx: np.ndarray, labels: np.ndarray, num_classes: int, k: int
 ) -> np.ndarray:
     """Per-row label counts of the first k neighbours: (N, k_max) -> (N, C).
 
@@ -126,7 +125,7 @@ def _count_numpy(
     """
     n = idx.shape[0]
     c = num_classes
-    out = np.empty((n, c), dtype=np.int64 if weights is None else np.float64)
+    out = np.empty((n, c), dtype=np.int64)
     if n == 0:
         return out
     n_labels = labels.shape[0]
@@ -143,8 +142,7 @@ def _count_numpy(
             )
         flat = np.take(labels, nb)
         flat += (np.arange(hi - lo, dtype=np.int64) * c)[:, None]
-        w = None if weights is None else weights[lo:hi, :k].ravel()
-        out[lo:hi] = np.bincount(flat.ravel(), weights=w, minlength=(hi - lo) * c).reshape(-1, c)
+        out[lo:hi] = np.bincount(flat.ravel(), minlength=(hi - lo) * c).reshape(-1, c)
 
     if len(starts) == 1:
         block(0)
@@ -159,36 +157,13 @@ def _label_counts(
     labels: torch.Tensor,
     num_classes: int,
     k: int,
-    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Counts (int64) or weight sums (float) of the neighbours' labels, (N, k_max) -> (N, C)."""
+    """Counts (int64) of the first k neighbours' labels, (N, k_max) -> (N, C)."""
     if idx.device.type == "cpu":
-        w = None if weights is None else weights.numpy()
-        return torch.from_numpy(_count_numpy(idx.numpy(), labels.numpy(), num_classes, k, w))
-    nb = idx[:, :k]
-    lab = labels[nb]
-    if weights is None:
-        out = torch.zeros(idx.shape[0], num_classes, dtype=torch.int64, device=idx.device)
-        return out.scatter_add_(1, lab, torch.ones_like(lab))
-    out = torch.zeros(idx.shape[0], num_classes, dtype=torch.float32, device=idx.device)
-    return out.scatter_add_(1, lab, weights[:, :k].float().contiguous())
-
-
-def _vote_weights(similarities: torch.Tensor | None, k: int, weighting: str) -> torch.Tensor | None:
-    """None for plain counts; else max(similarity, 0) of the first k (all-zero rows -> 1)."""
-    if weighting == "none":
-        return None
-    if similarities is None:
-        raise ValueError("weighting='similarity' needs the neighbours' similarities; pass them")
-    w = similarities[:, :k].float().clamp_min(0.0)
-    w[w.sum(dim=1) <= 0] = 1.0  # no positive similarity: fall back to plain votes
-    return w.contiguous()
-
-
-def _fractions(counts: torch.Tensor, k: int, weights: torch.Tensor | None) -> torch.Tensor:
-    if weights is None:
-        return counts.float() / k
-    return (counts / weights.sum(dim=1, keepdim=True)).float()
+        return torch.from_numpy(_count_numpy(idx.numpy(), labels.numpy(), num_classes, k))
+    lab = labels[idx[:, :k]]
+    out = torch.zeros(idx.shape[0], num_classes, dtype=torch.int64, device=idx.device)
+    return out.scatter_add_(1, lab, torch.ones_like(lab))
 
 
 def soft_labels_from_neighbors(
@@ -196,33 +171,18 @@ def soft_labels_from_neighbors(
     labels: Any,
     num_classes: int,
     k: int | None = None,
-    *,
-    weighting: str = "none",
-    similarities: Any = None,
 ) -> np.ndarray:
     """Fraction of the first ``k`` neighbours carrying each label: (N, k_max), (N,) -> (N, C).
 
-    k: defaults to all k_max columns. weighting: "none" (release default: plain counts / k) or
-    "similarity" (deviation: votes weighted by max(cosine similarity, 0) and normalised per row;
-    needs ``similarities`` (N, k_max)). Returns float32 rows summing to 1.
+    k: defaults to all k_max columns. Returns float32 rows summing to 1.
     """
     idx = _check_neighbor_indices(neighbor_indices)
     c = check_num_classes(num_classes)
     n, k_max = idx.shape
     k = k_max if k is None else check_k(k, n, k_max=k_max)
     y = check_labels(labels, n, c)
-    check_choice("weighting", weighting, WEIGHTING_CHOICES)
-    sims = None
-    if similarities is not None:
-        sims = torch.from_numpy(np.asarray(similarities, dtype=np.float32))
-        if sims.shape != idx.shape:
-            raise ValueError(
-                f"similarities must have the shape of neighbor_indices {idx.shape}, "
-                f"got {tuple(sims.shape)}"
-            )
-    w = _vote_weights(sims, k, weighting)
-    counts = _label_counts(torch.from_numpy(idx), torch.from_numpy(y), c, k, w)
-    return _fractions(counts, k, w).numpy()
+    counts = _label_counts(torch.from_numpy(idx), torch.from_numpy(y), c, k)
+    return (counts.float() / k).numpy()
 
 
 
@@ -306,16 +266,13 @@ def _two_pass(
     num_classes: int,
     k: int,
     balance: str,
-    similarities: torch.Tensor | None,
-    weighting: str,
 ) -> Detection:
     """Both passes and the selection on ``idx``'s device; returns NumPy arrays."""
-    weights = _vote_weights(similarities, k, weighting)
-    counts1 = _label_counts(idx, labels, num_classes, k, weights)
+    counts1 = _label_counts(idx, labels, num_classes, k)
     corrected = counts1.argmax(dim=1)  # first maximum: ties go to the lowest class index
-    counts2 = _label_counts(idx, corrected, num_classes, k, weights)
-    p1 = _fractions(counts1, k, weights)
-    p2 = _fractions(counts2, k, weights)
+    counts2 = _label_counts(idx, corrected, num_classes, k)
+    p1 = counts1.float() / k
+    p2 = counts2.float() / k
     p_given = p2.gather(1, labels[:, None]).squeeze(1)
     discrepancy = -torch.log(p_given.clamp(CLIP_LOW, CLIP_HIGH))
     agree = counts2.argmax(dim=1) == labels
@@ -333,12 +290,10 @@ def _two_pass(
 
 
 def _checked_detection_args(
-    labels: Any, n: int, num_classes: Any, k: Any, balance: Any, weighting: Any,
-    k_max: int | None = None,
+    labels: Any, n: int, num_classes: Any, k: Any, balance: Any, k_max: int | None = None,
 ) -> tuple[np.ndarray, int, int]:
     """The checks both detection entry points share: (labels copy, num_classes, k)."""
     check_choice("balance", balance, BALANCE_CHOICES)
-    check_choice("weighting", weighting, WEIGHTING_CHOICES)
     c = check_num_classes(num_classes)
     y = check_labels(labels, n, c)
     return y, c, _resolve_k(k, y, n, k_max)
@@ -347,21 +302,17 @@ def _checked_detection_args(
 def detect_from_neighbors(
     neighbors: Neighbors, labels: Any, num_classes: int, k: int | None = None,
     balance: str = DEFAULT_BALANCE,
-    *,
-    weighting: str = "none",
 ) -> Detection:
     """Two-pass detection from precomputed neighbours, using their first ``k`` columns.
 
     Cheap enough to re-run per ``k`` (a k slider): one search at k_max, then this for any
-    k <= k_max (None: validation.default_k of the labels, within k_max). weighting: "none"
-    (release) or "similarity" (deviation, see :func:`soft_labels_from_neighbors`). The given
-    labels are read, never modified.
+    k <= k_max (None: validation.default_k of the labels, within k_max). The given labels are
+    read, never modified.
     """
     idx = _check_neighbor_indices(neighbors.indices)
-    y, c, k = _checked_detection_args(labels, idx.shape[0], num_classes, k, balance, weighting,
+    y, c, k = _checked_detection_args(labels, idx.shape[0], num_classes, k, balance,
                                       k_max=idx.shape[1])
-    sims = torch.from_numpy(np.asarray(neighbors.similarities, dtype=np.float32))
-    return _two_pass(torch.from_numpy(idx), torch.from_numpy(y), c, k, balance, sims, weighting)
+    return _two_pass(torch.from_numpy(idx), torch.from_numpy(y), c, k, balance)
 
 
 def detect_noise(
@@ -369,7 +320,6 @@ def detect_noise(
     k: int | None = None,
     balance: str = DEFAULT_BALANCE,
     backend: str = "auto",
-    weighting: str = "none",
     progress: bool = False,
 ) -> Detection:
     """Spec §3 detection: kNN search on ``features`` (N, d), then the two passes and the
@@ -381,10 +331,10 @@ def detect_noise(
     """
     x = check_features(features, keep_tensor=True)
     n = int(x.shape[0])
-    y, c, k = _checked_detection_args(labels, n, num_classes, k, balance, weighting)
+    y, c, k = _checked_detection_args(labels, n, num_classes, k, balance)
     check_choice("backend", backend, BACKEND_CHOICES)
-    idx, sims = knn_tensors(x, k, backend, None, progress)
-    return _two_pass(idx, torch.from_numpy(y).to(idx.device), c, k, balance, sims, weighting)
+    idx, _ = knn_tensors(x, k, backend, None, progress)
+    return _two_pass(idx, torch.from_numpy(y).to(idx.device), c, k, balance)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -24,7 +24,6 @@ __all__ = [
     "BALANCE_CHOICES",
     "DEFAULT_BALANCE",
     "DEFAULT_K",
-    "WEIGHTING_CHOICES",
     "check_choice",
     "check_features",
     "check_float",
@@ -40,7 +39,6 @@ BALANCE_CHOICES = ("median", "min", "max", "none")
 # the spec's class balancing of the clean selection (§3.6): the median class count
 DEFAULT_BALANCE = "median"
 BACKEND_CHOICES = ("auto", "torch", "faiss", "faiss-ivf")
-WEIGHTING_CHOICES = ("none", "similarity")
 # the paper's k (spec §5): 5 % of a CIFAR-10 class of 5000 images
 DEFAULT_K = 250
 
