@@ -69,8 +69,9 @@ def test_k_slider_without_true_labels(setup):
     panel = widgets.KSliderPanel(nb, nz.noisy, 10, k=10)
     m = panel.last
     assert "precision" not in m and m["n_selected"] + m["n_not_selected"] == len(nz.noisy)
-    assert set(panel.histograms) == {"edges", "selected", "not selected"}
-    assert panel.histograms["not selected"].sum() == m["n_not_selected"]
+    assert set(panel.histograms) == {"edges", "selected for training",
+                                     "not selected for training"}
+    assert panel.histograms["not selected for training"].sum() == m["n_not_selected"]
     # label issues are the label-issue verdict at the panel's k, not the training selection
     mask = label_issues.find_label_issues(nz.noisy, nb, k=10)
     assert m["n_label_issues"] == int(mask.sum()) != m["n_not_selected"]
