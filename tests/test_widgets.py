@@ -256,13 +256,6 @@ def test_epoch_panel_takes_k_from_the_run_config(tmp_path, setup):
     for key, value in ref.items():
         assert out[key] == pytest.approx(value)
     assert any(out[key] != pytest.approx(other_k[key]) for key in ref)
-    # a run directory without k in its config: the one default
-    bare = _write_run(tmp_path, "bare", nz.noisy, nz.clean, {}, feats)
-    assert bare.k is None
-    default = collapse.collapse_metrics(feats, nz.noisy, nz.clean,
-                                        k=validation.default_k(nz.noisy))
-    assert widgets.EpochPanel(bare, subsample=200).last["knn_acc_true"] == pytest.approx(
-        default["knn_acc_true"])
 
 
 def test_epoch_panel_draws_the_knn_curve_of_every_snapshot(tmp_path, setup):
