@@ -582,7 +582,7 @@ class EpochPanel(_Panel):
         self.k, self.method, self.subsample = k, method, subsample
         self.cache_path, self.seed = cache_path, seed
         self.epochs = self._frames(self.run)
-        self._metrics_cache: dict[tuple[int, int], dict[str, Any]] = {}
+        self._rows: dict[int, pd.DataFrame] = {}  # the collapse measures of each run, by epoch
         self._proj_cache: dict[tuple[int, int], Any] = {}
         self.labels = {"run": self._label(self.run, "run")}
         self.curves = {self.labels["run"]: self._curve(0, self.run)}
@@ -623,15 +623,18 @@ class EpochPanel(_Panel):
         return run.final() if epoch == -1 else run.snapshot(epoch)
 
     def _metrics(self, which: int, run: Any, epoch: int) -> dict[str, Any]:
-        key = (which, epoch)
-        if key not in self._metrics_cache:
-            self._metrics_cache[key] = collapse.run_collapse_metrics(
-                run, self._arrays(run, epoch), self.k)
-        return self._metrics_cache[key]
+        self._curve(which, run)
+        return self._rows[which].loc[epoch].to_dict()
 
-    def _curve(self, which: int, run: Any) -> Any:
-        rows = [{"epoch": e, **self._metrics(which, run, e)} for e in self._frames(run)]
-        return pd.DataFrame(rows)
+    def _curve(self, which: int, run: Any) -> pd.DataFrame:
+        """collapse.collapse_over_epochs of the run (its final embedding, as epoch -1, when it
+        has no snapshots), computed once."""
+        if which not in self._rows:
+            curve = collapse.collapse_over_epochs(run, self.k) if run.snapshot_epochs else \
+                pd.DataFrame([{"epoch": -1, **collapse.run_collapse_metrics(run, run.final(),
+                                                                          self.k)}])
+            self._rows[which] = curve.set_index("epoch", drop=False)
+        return self._rows[which].reset_index(drop=True)
 
     def _projection(self, which: int, run: Any, epoch: int) -> Any:
         key = (which, epoch)
