@@ -54,9 +54,15 @@ def neighbour_votes(indices: np.ndarray, labels: np.ndarray, num_classes: int, *
         w = w * vote_weight[indices]
         total = w.sum(axis=1, keepdims=True)
         w = np.where(total > 0, w / np.where(total > 0, total, 1.0), rank_weights(k))
-    votes = np.zeros((n, num_classes), dtype=np.float64)
-    rows = np.repeat(np.arange(n), k)
-    np.add.at(votes, (rows, labels[indices].ravel()), w.ravel())
+    votes = np.empty((n, num_classes), dtype=np.float64)
+    # bincount over (row, class) cells, in row blocks of ~4M votes: bounded memory at any N
+    step = max(1, (1 << 22) // max(k, 1))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        cell = (np.arange(hi - lo)[:, None] * num_classes + labels[indices[lo:hi]]).ravel()
+        votes[lo:hi] = np.bincount(cell, weights=np.asarray(w[lo:hi]).ravel(),
+                                   minlength=(hi - lo) * num_classes).reshape(hi - lo,
+                                                                             num_classes)
     return votes
 
 
