@@ -184,3 +184,10 @@ def test_load_run_errors(tmp_path):
     (run_dir / "embeddings" / "final.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match="corrupt"):
         runs.load_run(run_dir).final()
+
+
+def test_project_data_is_the_repository_data_folder():
+    """A run trained on data/ reloads its images from any working directory (the notebooks run
+    in notebooks/): the trusted data folder is the repository's, next to the package."""
+    assert (runs.PROJECT_DATA.parent / "pyproject.toml").is_file()
+    assert (runs.PROJECT_DATA.parent / "moit_explore").is_dir()

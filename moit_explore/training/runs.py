@@ -361,8 +361,9 @@ def _load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------- stored paths
 
-# the project's data folder (next to the package), where data sets live by default
-PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
+# the project's data folder (next to the package folder), where data sets live by default:
+# moit_explore/training/runs.py -> <repository>/data
+PROJECT_DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def trusted_data_root(config: dict, source: str | Path, explicit: str | Path | None = None,
