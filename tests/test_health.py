@@ -45,9 +45,9 @@ def test_asymmetric_noise_the_confused_pairs_are_the_flips(fmnist_pca, seed):
 def test_per_class_estimates_follow_per_class_noise(fmnist_pca, seed):
     """30 % of the labels flipped, the wrong label drawn with probability proportional to its
     class index (class 0 receives none, class 9 the most): the given classes' true shares of
-    wrong labels run from 0 to about 45 %. The estimates follow them (measured: correlation
-    0.81-0.86, mean error 0.08, 3 seeds) and fall short by at most 6 points (overlapping
-    classes mostly add)."""
+    wrong labels run from 0 to about 45 %. The estimates follow them (measured, seeds 0-2:
+    correlation 0.76-0.79, mean absolute error 0.095-0.097, at most 3.1 points short) and
+    mostly overshoot (classes that overlap in pixel-PCA features add label issues)."""
     x, y, _ = fmnist_pca
     rng = np.random.default_rng(seed)
     given = y.copy()
@@ -59,8 +59,8 @@ def test_per_class_estimates_follow_per_class_noise(fmnist_pca, seed):
     report = health.health_summary(given, x)
     est = report.classes.sort_index()["est_wrong_share"].to_numpy()
     true = np.array([(y[given == c] != c).mean() for c in range(10)])
-    assert np.corrcoef(est, true)[0, 1] > 0.75
-    assert np.abs(est - true).mean() < 0.1
+    assert np.corrcoef(est, true)[0, 1] > 0.7
+    assert np.abs(est - true).mean() < 0.12
     assert np.all(est >= true - 0.06)
 
 
