@@ -318,10 +318,21 @@ def test_moit_plus_detection_k_is_checked_before_training(method_runs, tmp_path)
 
 
 def test_finetune_refuses_an_unfinished_run(tmp_path):
-    run_dir = train.train(smoke(tmp_path, name="nofinal", epochs=2))
-    (run_dir / "embeddings" / "final.npz").unlink()
-    with pytest.raises(FileNotFoundError, match="has not finished"):
+    def stop(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt  # as Ctrl-C after the first epoch
+
+    with pytest.raises(KeyboardInterrupt):
+        train.train(smoke(tmp_path, name="nofinal", epochs=2), on_epoch_end=stop)
+    run_dir = tmp_path / "nofinal"
+    with pytest.raises(FileNotFoundError, match="has not finished.*train --resume"):
         train.finetune(run_dir, presets.finetune_preset("smoke"))
+    # a finished run whose final.npz was deleted: resuming it cannot help (issue 20, case 15)
+    train.resume(run_dir)
+    (run_dir / "embeddings" / "final.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="deleted") as e:
+        train.finetune(run_dir, presets.finetune_preset("smoke"))
+    assert "--resume" not in str(e.value)
 
 
 def _step_ctx(epoch, clean=None, memory=None, **cfg_kw):
