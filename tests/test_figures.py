@@ -1,4 +1,4 @@
-"""viz: every plot renders under Agg and draws what it was given (points, bars, lines, cells)."""
+"""course.figures: every figure draws on real data, with its legend and labels."""
 
 from __future__ import annotations
 
