@@ -114,11 +114,12 @@ def _image_changes(recorded: list[dict], now: list[str] | None) -> list[str]:
     by_path = {e["path"]: e for e in recorded}
     current = [str(Path(p).expanduser().resolve()) for p in now] if now is not None \
         else list(by_path)
-    out = []
+    out, now_set = [], set(current)
     added = [p for p in current if p not in by_path]
-    removed = [p for p in by_path if p not in set(current)]
+    removed = [p for p in by_path if p not in now_set]
     missing = [p for p in current if p in by_path and not os.path.isfile(p)]
-    edited = [p for p in current if p in by_path and p not in missing
+    gone = set(missing)
+    edited = [p for p in current if p in by_path and p not in gone
               and (os.path.getsize(p) != by_path[p].get("size")
                    or file_sha256(p) != by_path[p]["sha256"])]
     if added:
