@@ -151,6 +151,24 @@ def test_case01_resume_and_finetune_run_on_the_data_they_recorded(capsys, folder
     assert rc == 2 and str(victim) in err
 
 
+def test_case01_resume_refuses_other_images_of_a_built_in_data_set(capsys, run_copy,
+                                                                    monkeypatch):
+    """Any data set, not only a folder: the loaded training images are fingerprinted too (here
+    scikit-learn's digits with one pixel changed, as a replaced data file would)."""
+    real = datasets._load_digits
+
+    def one_pixel_off():
+        b = real()
+        b.train_images[:, 0, 0, 0] += 1
+        return b
+
+    monkeypatch.setattr(datasets, "_load_digits", one_pixel_off)
+    before = files_of(run_copy)
+    rc, _, err = run_cli(capsys, "train", "--resume", run_copy, "--epochs", "3")
+    assert rc == 2 and "the training images of digits differ" in err
+    assert files_of(run_copy) == before
+
+
 def _label_file(tmp_path, digits, flip=0):
     labels = digits.train_labels.copy()
     labels[:flip] = (labels[:flip] + 1) % 10
