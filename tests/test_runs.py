@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from moit_explore.maths import noise
-from moit_explore.training import datasets, rundir, runs
+from moit_explore.training import datasets, presets, rundir, runs, train
 
 
 def test_create_run_dir_refuses_non_empty_and_names_the_fixes(tmp_path):
@@ -191,3 +191,16 @@ def test_project_data_is_the_repository_data_folder():
     in notebooks/): the trusted data folder is the repository's, next to the package."""
     assert (runs.PROJECT_DATA.parent / "pyproject.toml").is_file()
     assert (runs.PROJECT_DATA.parent / "moit_explore").is_dir()
+
+
+def test_a_fine_tune_is_found_in_the_folder_it_was_given(tmp_path):
+    """finetune --name puts MOIT+ in another folder: Run.finetunes / has_finetune / finetune()
+    find it there, not only in finetune/."""
+    base = train.train(presets.preset("smoke", runs_root=str(tmp_path), name="m", epochs=2))
+    assert not runs.load_run(base).has_finetune
+    train.finetune(base, presets.finetune_preset("smoke", name="plus-a"))
+    run = runs.load_run(base)
+    assert run.finetunes == ["plus-a"] and run.has_finetune
+    assert run.finetune().path.name == "plus-a" and run.finetune("plus-a").method == "moit+"
+    with pytest.raises(ValueError, match="no fine-tune in 'finetune'.*plus-a"):
+        run.finetune("finetune")

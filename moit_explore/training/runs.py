@@ -10,7 +10,7 @@ Layout of ``runs/<name>/`` (written by :mod:`moit_explore.training.train`)::
     embeddings/epoch_XXXX.npz   features (float16), labels_given, labels_true, epoch
     embeddings/final.npz        features, soft_labels, corrected_labels, discrepancy, clean,
                                 first_pass_soft_labels, labels_given, labels_true, k, balance
-    finetune/            a MOIT+ run directory of the same form
+    finetune/            a MOIT+ run directory of the same form (--name: another folder)
 
     trained_on.json      what it trained on (training/fingerprint.py)
 
@@ -452,12 +452,29 @@ class Run:
                          "final embeddings (written when training finishes)")
 
     @property
-    def has_finetune(self) -> bool:
-        return is_run_dir(self.path / "finetune")
+    def finetunes(self) -> list[str]:
+        """The folders of this run that hold a fine-tune of it (MOIT+ writes ``finetune/``, or
+        the folder named with ``finetune --name``), sorted."""
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.is_dir() and not p.is_symlink() and is_run_dir(p)
+                      and METHODS[load_run(p).method].is_fine_tuning)
 
-    def finetune(self) -> Run:
-        """The MOIT+ run in ``finetune/``."""
-        return load_run(self.path / "finetune")
+    @property
+    def has_finetune(self) -> bool:
+        return bool(self.finetunes)
+
+    def finetune(self, name: str | None = None) -> Run:
+        """The fine-tune of this run in folder ``name``; None: the only one, or the default
+        folder (FinetuneConfig's ``name``) among several."""
+        names = self.finetunes
+        if name is None:
+            default = FinetuneConfig().name
+            name = names[0] if len(names) == 1 else default
+        if name not in names:
+            raise ValueError(f"{self.path} has no fine-tune in {name!r}; its fine-tunes: "
+                             f"{', '.join(names) or 'none'} (run: python -m moit_explore "
+                             f"finetune {self.path})")
+        return load_run(self.path / name)
 
     def dataset(self, data_root: str | Path | None = None):
         """Reload the data set the run used (same subset): a datasets.DatasetBundle.
