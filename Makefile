@@ -16,7 +16,7 @@ export PYTHONHASHSEED ?= 0
 # alone (the notebooks also say %matplotlib inline, so their figures show under agg too).
 HEADLESS := MPLBACKEND=agg
 
-.PHONY: help venv data test test-fast test-notebooks test-browser demo course test-course-full lab lint bench clean-venv
+.PHONY: help venv data test test-fast test-notebooks test-browser book demo course test-course-full lab lint bench clean-venv
 
 help:
 	@echo "make demo          the main job: CE vs MOIT vs MOIT+ on a Fashion-MNIST subset (CPU, minutes)"
@@ -24,7 +24,8 @@ help:
 	@echo "make course        train every run the notebooks use in full mode (2 at a time)"
 	@echo "make test-course-full  the six notebooks in full mode from an empty run cache (COURSE_SEED, COURSE_THREADS)"
 	@echo "make lab           JupyterLab on notebooks/"
-	@echo "make test-browser  drive notebook 03 in headless Chromium (needs Debian's chromium)"
+	@echo "make book          the six notebooks executed into a static site, build/book/index.html"
+	@echo "make test-browser  every notebook and book page in headless Chromium (needs Debian's chromium)"
 	@echo "make lint          ruff"
 	@echo "make bench         benchmarks/ scripts (print figures; long on a CPU: bench_accuracy trains 45 runs)"
 
@@ -80,6 +81,11 @@ test-course-full: $(STAMP) data
 	$(HEADLESS) env -u MOIT_SMOKE MOIT_SEED=$(COURSE_SEED) OMP_NUM_THREADS=$(COURSE_THREADS) \
 	  MKL_NUM_THREADS=$(COURSE_THREADS) MOIT_COURSE_RUNS=$$cache \
 	  $(PY) -m pytest -q --nbmake --nbmake-timeout=3600 notebooks -p no:cacheprovider
+
+# the course to read without a kernel: full mode when `make course` has filled the run cache,
+# else smoke mode (each page says which, and its execution time); build/ is not tracked
+book: $(STAMP) data
+	$(PY) -m moit_explore.course.book --out build/book
 
 demo: $(STAMP) data
 	$(HEADLESS) $(PY) -m moit_explore demo

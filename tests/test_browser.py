@@ -553,3 +553,56 @@ def _check_threshold_panel(before: PanelState, moved: PanelState, switched: Pane
     assert switched.image != moved.image, "the figure did not change with the criterion"
     assert disabled, "the threshold slider stays enabled under a balancing criterion"
     assert (ARTIFACTS / "browser_04.png").stat().st_size > 10_000
+
+
+# the images of a static page: loaded, broken; error outputs; the exercises' answer blocks
+BOOK_PAGE_JS = """
+() => {
+  const imgs = [...document.querySelectorAll('img')];
+  const ok = i => i.complete && i.naturalWidth > 0;
+  return {loaded: imgs.filter(ok).length, broken: imgs.filter(i => !ok(i)).length,
+          errors: [...document.querySelectorAll('.jp-OutputArea-output')]
+            .filter(o => /Traceback \\(most recent call last\\)/.test(o.innerText)).length,
+          answers: [...document.querySelectorAll('details')].length,
+          open_answers: [...document.querySelectorAll('details[open]')].length,
+          text: document.body.innerText};
+}
+"""
+
+
+def test_book_pages_show_every_figure(tmp_path):
+    """``make book``'s site: an index linking the six pages; each page shows at least the
+    images its notebook draws (one per figure call and per panel), every image loads, no cell
+    shows an error, the answers are collapsed, the mode and execution time are stated. Builds
+    the book in smoke mode into a temporary folder, or checks ``$MOIT_BOOK_DIR`` if set."""
+    pytest.importorskip("playwright")
+    _chromium()
+    from moit_explore.course import book
+
+    out = Path(os.environ["MOIT_BOOK_DIR"]) if os.environ.get("MOIT_BOOK_DIR") else (
+        tmp_path / "book")
+    if not (out / "book.json").exists():
+        book.build_book(out, mode="smoke", progress=False)
+    pages = json.loads((out / "book.json").read_text())
+    assert [p["notebook"] for p in pages] == [Path(nb).name for nb in NOTEBOOKS]
+    counts = {}
+    with browser_page(ARTIFACTS / "book_index.png") as page:
+        page.goto((out / "index.html").as_uri())
+        links = page.locator("a[href$='.html']")
+        assert links.count() == len(pages)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "book_index.png"))
+        for entry, notebook in zip(pages, NOTEBOOKS, strict=True):
+            page.goto((out / entry["page"]).as_uri())
+            page.wait_for_load_state("load")
+            info = page.evaluate(BOOK_PAGE_JS)
+            expected = sum(expected_images(notebook).values())
+            counts[entry["notebook"]] = info["loaded"]
+            assert info["broken"] == 0, f"{entry['page']}: {info['broken']} images do not load"
+            assert info["loaded"] >= expected, (entry["page"], info["loaded"], expected)
+            assert info["errors"] == 0, f"{entry['page']}: a cell shows an error"
+            assert info["answers"] >= 1 and info["open_answers"] == 0, entry["page"]
+            assert f"Executed in {entry['mode']} mode" in info["text"], entry["page"]
+            assert f"took {entry['seconds']:.0f} s" in info["text"], entry["page"]
+            page.screenshot(path=str(ARTIFACTS / f"book_{entry['notebook'][:2]}.png"))
+    (ARTIFACTS / "book_images.json").write_text(json.dumps(counts, indent=1) + "\n")
