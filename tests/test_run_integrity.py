@@ -663,3 +663,20 @@ def test_case15_notebook_06s_folder_run_trains_small_folders_as_they_are(tmp_pat
                                    image_size=8)
     run = notebook_runs.folder_run(bundle, preset="smoke", progress=False, epochs=1)
     assert run.final()["features"].shape[0] == len(digits_used) * per_class
+
+
+def test_case05_a_course_run_on_a_label_file_is_cached_as_it_is_recorded(tmp_path, monkeypatch):
+    """The course's asymmetric digits run trains on a label file: its config.json records no
+    synthetic noise, and the second call finds it in the cache instead of training again."""
+    from moit_explore.course import notebook_runs  # noqa: PLC0415 -- the notebook layer
+
+    monkeypatch.setenv("MOIT_COURSE_RUNS", str(tmp_path / "cache"))
+    first = notebook_runs.course_run("moit", "asymmetric", 0.4, preset="digits",
+                                     progress=False, epochs=1)
+    assert first.config["noise"] == "none" and first.config["noise_file"]
+    assert first.noise.kind == "file" and first.noise.actual_rate > 0.1
+    stamp = (first.path / "checkpoint.pt").stat().st_mtime_ns
+    again = notebook_runs.course_run("moit", "asymmetric", 0.4, preset="digits",
+                                     progress=False, epochs=1)
+    assert again.path == first.path
+    assert (again.path / "checkpoint.pt").stat().st_mtime_ns == stamp

@@ -273,6 +273,8 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
     # the repository's data/ folder, whatever the notebook's working directory
     settings = {"data_root": str(data_root()), "method": method, "noise": noise, "rate": rate,
                 **overrides}
+    if settings.get("noise_file"):  # the file gives the labels: train records no synthetic
+        settings.update(noise="none", rate=0.0)  # noise (its config.json says so)
     expected = presets.preset(preset_name, **settings).to_dict()
     if not _cached(target, expected):
         _train_into(target, expected, lambda tmp: train.train(
