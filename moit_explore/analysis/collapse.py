@@ -25,10 +25,9 @@ from moit_explore.maths import detection
 from moit_explore.maths.neighbors import Neighbors, knn_search
 from moit_explore.maths.validation import (
     check_features,
-    check_k,
     check_labels,
     check_num_classes,
-    default_k,
+    resolve_k,
 )
 from moit_explore.training import runs
 
@@ -49,8 +48,7 @@ def _vote(x: np.ndarray, y: np.ndarray, c: int, k: int | None, queries: np.ndarr
     """Majority given label of the k nearest rows of ``x`` (checked arrays): leave-one-out
     without ``queries``; ``neighbors`` (of ``x`` itself) skips the search when wide enough."""
     n = x.shape[0]
-    k = default_k(y) if k is None else check_k(k, n, self_excluded=queries is None,
-                                               samples="training samples")
+    k = resolve_k(k, y, n, self_excluded=queries is None, samples="training samples")
     if queries is not None:
         neighbors = knn_search(x, k, queries=queries, backend="torch")
     elif neighbors is None or neighbors.k_max < k:

@@ -35,7 +35,7 @@ from moit_explore.maths.validation import (
     check_k,
     check_labels,
     check_mask,
-    default_k,
+    resolve_k,
 )
 from moit_explore.training import engine, runs
 
@@ -237,7 +237,7 @@ class KSliderPanel(_Panel):
         self.balance = check_choice("balance", balance, BALANCE_CHOICES)
         self.edges = np.linspace(0.0, _D_MAX * 1.0001, bins + 1)
         self.torch_threads = torch_threads
-        self.k = min(default_k(self.labels), self.k_max) if k is None else self._check_k(k)
+        self.k = resolve_k(k, self.labels, self.n, k_max=self.k_max)
         self.detection: det_mod.Detection | None = None
         self.histograms: dict[str, np.ndarray] = {}
         self.last: dict[str, Any] = {}

@@ -41,7 +41,7 @@ from moit_explore.maths.validation import (
     check_labels,
     check_mask,
     check_num_classes,
-    default_k,
+    resolve_k,
 )
 
 __all__ = [
@@ -93,14 +93,6 @@ def _check_neighbor_indices(indices: Any) -> np.ndarray:
             f"neighbor_indices must be a 2-D integer array (N, k_max), got {idx.dtype} {idx.shape}"
         )
     return idx.astype(np.int64, copy=False)
-
-
-def _resolve_k(k: Any, labels: np.ndarray, n: int, k_max: int | None = None) -> int:
-    """k checked against the data (None: validation.default_k of the labels, within k_max)."""
-    if k is None:
-        k = default_k(labels)
-        return k if k_max is None else min(k, k_max)
-    return check_k(k, n, k_max=k_max)
 
 
 # --------------------------------------------------------------------------- soft labels
@@ -296,7 +288,7 @@ def _checked_detection_args(
     check_choice("balance", balance, BALANCE_CHOICES)
     c = check_num_classes(num_classes)
     y = check_labels(labels, n, c)
-    return y, c, _resolve_k(k, y, n, k_max)
+    return y, c, resolve_k(k, y, n, k_max=k_max)
 
 
 def detect_from_neighbors(

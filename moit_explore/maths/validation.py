@@ -33,6 +33,7 @@ __all__ = [
     "check_mask",
     "check_num_classes",
     "default_k",
+    "resolve_k",
 ]
 
 BALANCE_CHOICES = ("median", "min", "max", "none")
@@ -124,6 +125,17 @@ def default_k(labels: Any) -> int:
     sizes = np.bincount(y)
     sizes = sizes[sizes > 0]
     return int(max(1, min(DEFAULT_K, int(np.median(sizes)) // 2, y.size - 1)))
+
+
+def resolve_k(k: Any, labels: Any, n: int, *, k_max: int | None = None,
+              self_excluded: bool = True, samples: str = "samples") -> int:
+    """k for a kNN among ``n`` samples labelled ``labels``: None means :func:`default_k` of the
+    labels (within ``k_max``); else ``k`` checked by :func:`check_k`. The package's one reading
+    of "no k given"."""
+    if k is None:
+        k = default_k(labels)
+        return k if k_max is None else min(k, k_max)
+    return check_k(k, n, k_max=k_max, self_excluded=self_excluded, samples=samples)
 
 
 def check_labels(labels: Any, n: int | None = None, num_classes: int | None = None, *,
