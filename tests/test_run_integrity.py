@@ -190,7 +190,8 @@ def test_case01_and_05_a_noise_file_is_recorded_shown_and_checked(capsys, tmp_pa
     assert run.config["noise_actual_rate"] == pytest.approx(run.noise.actual_rate)
     assert run.noise.actual_rate > 0.1 and run.noise.kind == "file"
     rc, out, err = run_cli(capsys, "report", run_dir)
-    assert rc == 0 and "0.4000" not in out and "symmetric" not in out
+    assert rc == 0 and "0.4000" not in out and "symmetric" not in out and "file" in out
+    assert f"{run.noise.actual_rate:.4f}" in out  # the file's share of wrong labels
     # case 1: the file's contents change; the resume is refused, naming the file
     np.save(labels, digits.train_labels)
     before = files_of(run_dir)

@@ -159,8 +159,11 @@ def summarize_runs(runs_by_name: Mapping[Any, Any]) -> pd.DataFrame:
     for name, run in runs_by_name.items():
         run = runs.load_run(run)
         m = run.metrics
+        # a label file (--noise-file) gives the labels: no synthetic noise, rate unknown
+        from_file = bool(run.config.get("noise_file"))
         row: dict[str, Any] = {"run": str(run.path), "method": run.method,
-                               "noise": run.config.get("noise"), "rate": run.config.get("rate"),
+                               "noise": "file" if from_file else run.config.get("noise"),
+                               "rate": None if from_file else run.config.get("rate"),
                                "epochs": len(m)}
         for col in ("test_acc", "train_acc_given", "train_acc_true", "det_precision",
                     "det_recall", "det_f1", "det_selected_frac", "det_selected_noise_rate"):
