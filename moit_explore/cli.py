@@ -512,8 +512,9 @@ def _os_error(e: OSError) -> str:
     """An OSError as one sentence naming the file and what to do."""
     where = f" {e.filename}" if e.filename else ""
     fix = {28: "free some space (or write elsewhere) and run the command again",
-           13: "the folder is not writable by you: choose another folder",
-           30: "the file system is read-only: choose another folder"}.get(
+           13: "it is not writable by you: make it writable, or work on a copy in a folder "
+               "you can write",
+           30: "the file system is read-only: work on a copy in a writable folder"}.get(
         e.errno or 0, "fix the cause and run the command again")
     return f"cannot write or read{where}: {e.strerror or e}; {fix}"
 

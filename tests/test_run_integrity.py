@@ -519,6 +519,18 @@ def test_case16_a_full_disk_while_checkpointing_is_a_clear_error(capsys, tmp_pat
     assert "basic_ios" not in err.splitlines()[0][:60]
 
 
+def test_case16_a_read_only_run_directory_is_a_clear_error(capsys, run_copy, monkeypatch):
+    """The tests run as root, for whom no folder is read-only: the operating system's refusal
+    is simulated where a run writes its files (rundir's temporary files)."""
+    def refuse(*a, dir=None, **kw):  # noqa: A002 -- tempfile.mkstemp's own name
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", refuse)
+    err = _no_traceback(capsys, ["train", "--resume", run_copy, "--epochs", "3"],
+                        "Permission denied", str(run_copy), "not writable by you")
+    assert "Traceback" not in err
+
+
 def test_case16_a_decompression_bomb_names_the_file(tmp_path, digits, monkeypatch):
     folder = _image_folder(tmp_path / "images", digits, per_class=2)
     big = folder / "digit0" / "big.png"
