@@ -620,7 +620,7 @@ def test_case17_a_diverging_ce_run_is_not_reported_as_bad_features(capsys, tmp_p
     assert "drop or repair those rows" not in err
 
 
-def test_run_files_are_named_with_os_independent_prefixes(tmp_path):
+def test_write_new_file_never_replaces_and_leaves_no_temporary(tmp_path):
     """write_new_file leaves no temporary file behind, whatever the outcome."""
     path = tmp_path / "a.bin"
     rundir.write_new_file(path, lambda p: p.write_bytes(b"x"))
