@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
 from moit_explore.maths import detection, noise
-from moit_explore.training import rundir, runs
+from moit_explore.training import presets, rundir, runs, train
 from moit_explore.training.datasets import DatasetBundle, load_dataset
 
 
@@ -63,3 +65,19 @@ def _write_run(root, name, snapshots, final_features, given, true, *, true_known
 def write_run():
     """A function that writes a real run directory (the format train.py writes) and loads it."""
     return _write_run
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory):
+    """A finished 2-epoch MOIT smoke run (copied by each test that changes it)."""
+    root = tmp_path_factory.mktemp("base")
+    return train.train(presets.preset("smoke", runs_root=str(root), name="m", epochs=2,
+                                      lr_milestones=(1,)))
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    """A copy of the finished run, at ``tmp_path/runs/m``."""
+    dst = tmp_path / "runs" / "m"
+    shutil.copytree(finished, dst)
+    return dst

@@ -6,16 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli
 
-from moit_explore import cli
 from moit_explore.course import demo
 from moit_explore.training import config, presets, runs
-
-
-def run_cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_every_config_field_is_a_flag_with_its_help(capsys):
@@ -30,7 +24,7 @@ def test_every_config_field_is_a_flag_with_its_help(capsys):
 def test_dry_run_parses_types(capsys, tmp_path):
     rc, out, _ = run_cli(capsys, "train", "--preset", "smoke", "--dry-run", "--rate", "0.2",
                          "--lr-milestones", "5,7", "--no-progress", "--n-test", "none",
-                         "--k", "12", "--noise", "asymmetric")
+                         "--k", "12", "--noise", "symmetric")
     assert rc == 0
     lines = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
     assert lines["rate"] == "0.2" and lines["lr_milestones"] == "(5, 7)"
@@ -41,6 +35,9 @@ def test_dry_run_parses_types(capsys, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
     (["--rate", "1.5"], "rate must be in"),
+    # issue 20 case 15: refused before any data is loaded, without a flag the CLI lacks
+    (["--noise", "asymmetric"], "'digits' does not have"),
+    (["--seed", str(2**64)], "seed must be < 2**63"),
     (["--rate", "abc"], "expected a number"),
     (["--k", "400"], "k=400 is out of range for N=400 training images"),
     (["--method", "moitt"], "invalid choice: 'moitt'"),

@@ -12,13 +12,13 @@ import json
 import os
 import pickle
 import re
-import shlex
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import hints, run_cli
 from PIL import Image
 
 from moit_explore import cli
@@ -28,15 +28,6 @@ from moit_explore.training import datasets, fingerprint, presets, rundir, runs, 
 SMOKE = ["--preset", "smoke", "--epochs", "2", "--lr-milestones", "1", "--no-progress"]
 
 
-def run_cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def hints(text: str) -> list[list[str]]:
-    """The commands a message advises, as argv lists (without ``python -m moit_explore``)."""
-    return [shlex.split(c)[3:] for c in re.findall(r"`(python -m moit_explore [^`]+)`", text)]
 
 
 def files_of(folder) -> dict:
@@ -45,19 +36,6 @@ def files_of(folder) -> dict:
             if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished 2-epoch MOIT smoke run (copied by each test that changes it)."""
-    root = tmp_path_factory.mktemp("base")
-    return train.train(presets.preset("smoke", runs_root=str(root), name="m", epochs=2,
-                                      lr_milestones=(1,)))
-
-
-@pytest.fixture
-def run_copy(finished, tmp_path):
-    dst = tmp_path / "runs" / "m"
-    shutil.copytree(finished, dst)
-    return dst
 
 
 def _image_folder(root, digits, per_class=30):

@@ -9,8 +9,6 @@ damaged files give an error naming the file and the fix.
 from __future__ import annotations
 
 import json
-import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -20,38 +18,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import hints, run_cli
 
-from moit_explore import cli
 from moit_explore.maths import noise
 from moit_explore.training import datasets, presets, rundir, runs, train
 
 SMOKE = ["--preset", "smoke", "--epochs", "2", "--lr-milestones", "1", "--no-progress"]
 
 
-def run_cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
-def hints(text: str) -> list[list[str]]:
-    """The commands a message advises, as argv lists (without ``python -m moit_explore``)."""
-    return [shlex.split(c)[3:] for c in re.findall(r"`(python -m moit_explore [^`]+)`", text)]
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished 2-epoch MOIT smoke run (copied by each test that changes it)."""
-    root = tmp_path_factory.mktemp("base")
-    return train.train(presets.preset("smoke", runs_root=str(root), name="m", epochs=2,
-                                     lr_milestones=(1,)))
-
-
-@pytest.fixture
-def run_copy(finished, tmp_path):
-    dst = tmp_path / "runs" / "m"
-    shutil.copytree(finished, dst)
-    return dst
 
 
 # --------------------------------------------------------------------------- symlinks
