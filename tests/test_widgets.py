@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
 from moit_explore.analysis import collapse, label_issues, projection  # noqa: E402
-from moit_explore.course import widgets
+from moit_explore.course import epoch_panel, widgets
 from moit_explore.maths import detection, neighbors, noise, validation
 from moit_explore.training import rundir, runs
 
@@ -224,7 +224,7 @@ def test_epoch_panel_metrics_and_compare(tmp_path, setup):
              3: np.eye(10)[given] + rng.normal(0, 0.1, (len(true), 10))}
     run = _write_run(tmp_path, "supcon", given, true, snaps, feats)
     other = _write_run(tmp_path, "icl", given, true, {2: feats}, feats)
-    panel = widgets.EpochPanel(run, compare=other, k=10, subsample=300)
+    panel = epoch_panel.EpochPanel(run, compare=other, k=10, subsample=300)
     assert panel.epochs == [1, 3] and panel.epoch == 3
     out = panel.update(1)
     ref = collapse.collapse_metrics(run.snapshot(1)["features"], given, true, k=10)
@@ -234,7 +234,7 @@ def test_epoch_panel_metrics_and_compare(tmp_path, setup):
     assert panel.projections["run"].coords.shape == (300, 2)
     late = panel.update(3)
     assert late["noisy_agree_given"] > out["noisy_agree_given"]  # collapse onto given labels
-    final_only = widgets.EpochPanel(_write_run(tmp_path, "bare", given, true, {}, feats), k=10)
+    final_only = epoch_panel.EpochPanel(_write_run(tmp_path, "bare", given, true, {}, feats), k=10)
     assert final_only.epochs == [-1]
     with pytest.raises(ValueError, match="available"):
         panel.update(2)
@@ -249,7 +249,7 @@ def test_epoch_panel_takes_k_from_the_run_config(tmp_path, setup):
     feats, nz, _ = setup
     run = _write_run(tmp_path, "r", nz.noisy, nz.clean, {1: feats}, feats, config={"k": 7})
     assert run.k == 7 and runs.load_run(run.path).k == 7
-    panel = widgets.EpochPanel(run, subsample=200)
+    panel = epoch_panel.EpochPanel(run, subsample=200)
     ref = collapse.collapse_metrics(run.snapshot(1)["features"], nz.noisy, nz.clean, k=7)
     other_k = collapse.collapse_metrics(run.snapshot(1)["features"], nz.noisy, nz.clean, k=30)
     out = panel.update(1)
@@ -268,7 +268,7 @@ def test_epoch_panel_draws_the_knn_curve_of_every_snapshot(tmp_path, setup):
                      config={"method": "supcon", "rate": 0.3, "k": 10})
     other = _write_run(tmp_path, "icl", given, true, {1: feats, 4: feats}, feats,
                        config={"method": "icl", "rate": 0.3, "k": 10})
-    panel = widgets.EpochPanel(run, compare=other, subsample=None)
+    panel = epoch_panel.EpochPanel(run, compare=other, subsample=None)
     curve = panel.curve("run")
     assert list(curve["epoch"]) == [1, 2, 3, 4] and panel.curve_metric == "knn_acc_true"
     for epoch in (1, 4):
@@ -295,7 +295,7 @@ def test_epoch_panel_frame_is_the_static_projection(tmp_path, setup):
                      feats[:300], config={"k": 10})
     static = projection.embedding_projection(run.snapshot(1)["features"], method="pca", seed=0,
                                            cache_path=tmp_path / "proj")
-    panel = widgets.EpochPanel(run, method="pca", subsample=None, cache_path=tmp_path / "proj")
+    panel = epoch_panel.EpochPanel(run, method="pca", subsample=None, cache_path=tmp_path / "proj")
     assert np.array_equal(panel.projections["run"].coords, static.coords)
 
 
