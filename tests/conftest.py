@@ -6,8 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+from sklearn.decomposition import PCA
 
 from moit_explore.maths import detection, noise
+from moit_explore.maths.neighbors import knn_search
 from moit_explore.training import presets, rundir, runs, train
 from moit_explore.training.datasets import DatasetBundle, load_dataset
 
@@ -81,3 +83,13 @@ def run_copy(finished, tmp_path):
     dst = tmp_path / "runs" / "m"
     shutil.copytree(finished, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def pca_digits(digits):
+    """Digits with 30 % symmetric noise, PCA features (continuous: no similarity ties)."""
+    pixels = digits.train_images.reshape(len(digits.train_labels), -1) / 16.0
+    feats = PCA(20, random_state=0).fit_transform(pixels).astype(np.float32)
+    nz = noise.inject_noise(digits.train_labels, "symmetric", 0.3, 10, seed=0)
+    nb = knn_search(feats, 60, backend="torch")
+    return feats, nz, nb

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from cli_helpers import run_cli
+from helpers import run_cli
 
 from moit_explore.course import demo
 from moit_explore.training import config, presets, runs

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cli_helpers import hints, run_cli
+from helpers import hints, run_cli
 from PIL import Image
 
 from moit_explore import cli

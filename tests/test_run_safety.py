@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cli_helpers import hints, run_cli
+from helpers import hints, run_cli
 
 from moit_explore.maths import noise
 from moit_explore.training import datasets, presets, rundir, runs, train

@@ -11,24 +11,11 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
+from helpers import move_control
 
-from moit_explore.analysis import collapse, label_issues, projection  # noqa: E402
-from moit_explore.course import epoch_panel, widgets
-from moit_explore.maths import detection, neighbors, noise, validation
-from moit_explore.training import rundir, runs
-
-K_MAX = 60
-
-
-@pytest.fixture(scope="module")
-def setup(digits):
-    """Digits with 30 % symmetric noise, PCA features (continuous: no similarity ties)."""
-    pixels = digits.train_images.reshape(len(digits.train_labels), -1) / 16.0
-    feats = PCA(20, random_state=0).fit_transform(pixels).astype(np.float32)
-    nz = noise.inject_noise(digits.train_labels, "symmetric", 0.3, 10, seed=0)
-    nb = neighbors.knn_search(feats, K_MAX, backend="torch")
-    return feats, nz, nb
+from moit_explore.analysis import label_issues  # noqa: E402
+from moit_explore.course import widgets
+from moit_explore.maths import detection, noise, validation
 
 
 def _text(html: str) -> str:
@@ -38,10 +25,10 @@ def _text(html: str) -> str:
 # --------------------------------------------------------------------------- k slider
 
 
-def test_k_slider_equals_fresh_detection(setup):
-    feats, nz, nb = setup
-    panel = widgets.KSliderPanel(nb, nz.noisy, 10, is_noisy=nz.is_noisy, k=K_MAX)
-    for k in (1, 7, 25, K_MAX):
+def test_k_slider_equals_fresh_detection(pca_digits):
+    feats, nz, nb = pca_digits
+    panel = widgets.KSliderPanel(nb, nz.noisy, 10, is_noisy=nz.is_noisy, k=nb.k_max)
+    for k in (1, 7, 25, nb.k_max):
         got = panel.update(k)
         fresh = detection.detect_noise(feats, nz.noisy, 10, k=k, backend="torch")
         assert np.array_equal(panel.detection.clean, fresh.clean), k
@@ -57,15 +44,15 @@ def test_k_slider_equals_fresh_detection(setup):
         assert np.array_equal(h["noisy label"], counts)
     # metrics(k) answers without moving the panel
     m = panel.metrics(7)
-    assert panel.k == K_MAX and m["k"] == 7
+    assert panel.k == nb.k_max and m["k"] == 7
     assert panel.update(25, balance="max")["n_selected"] == detection.detect_noise(
         feats, nz.noisy, 10, k=25, balance="max", backend="torch").clean.sum()
     with pytest.raises(ValueError, match=r"\[1, 60\]"):
-        panel.update(K_MAX + 1)
+        panel.update(nb.k_max + 1)
 
 
-def test_k_slider_without_true_labels(setup):
-    _, nz, nb = setup
+def test_k_slider_without_true_labels(pca_digits):
+    _, nz, nb = pca_digits
     panel = widgets.KSliderPanel(nb, nz.noisy, 10, k=10)
     m = panel.last
     assert "precision" not in m and m["n_selected"] + m["n_not_selected"] == len(nz.noisy)
@@ -77,20 +64,20 @@ def test_k_slider_without_true_labels(setup):
     assert m["n_label_issues"] == int(mask.sum()) != m["n_not_selected"]
 
 
-def test_k_slider_starts_at_the_one_default_k(setup):
-    _, nz, nb = setup
+def test_k_slider_starts_at_the_one_default_k(pca_digits):
+    _, nz, nb = pca_digits
     panel = widgets.KSliderPanel(nb, nz.noisy, 10)
-    assert panel.k == min(validation.default_k(nz.noisy), K_MAX)
+    assert panel.k == min(validation.default_k(nz.noisy), nb.k_max)
 
 
-def test_k_slider_widget_reacts(setup):
+def test_k_slider_widget_reacts(pca_digits):
     pytest.importorskip("ipywidgets")
-    _, nz, nb = setup
+    _, nz, nb = pca_digits
     panel = widgets.KSliderPanel(nb, nz.noisy, 10, is_noisy=nz.is_noisy, k=10)
     ui = panel.widget()
     assert panel.widget() is ui
     assert list(panel.controls) == ["k", "balance"]
-    assert panel.controls["k"].description == "k" and panel.controls["k"].max == K_MAX
+    assert panel.controls["k"].description == "k" and panel.controls["k"].max == nb.k_max
     assert widgets.METRICS_CSS_CLASS in panel._html._dom_classes
     before = _text(panel._html.value)
     assert re.search(r"precision 0\.\d{3} · recall 0\.\d{3} · F1 0\.\d{3}", before)
@@ -106,8 +93,8 @@ def test_k_slider_widget_reacts(setup):
     assert "application/vnd.jupyter.widget-view+json" in bundle
 
 
-def test_panels_work_without_ipywidgets(setup, monkeypatch):
-    _, nz, nb = setup
+def test_panels_work_without_ipywidgets(pca_digits, monkeypatch):
+    _, nz, nb = pca_digits
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
     panel = widgets.KSliderPanel(nb, nz.noisy, 10, k=5)
     assert panel.update(6)["k"] == 6
@@ -118,8 +105,8 @@ def test_panels_work_without_ipywidgets(setup, monkeypatch):
 # --------------------------------------------------------------------------- threshold
 
 
-def test_threshold_panel_counts_match_numpy(setup):
-    _, nz, nb = setup
+def test_threshold_panel_counts_match_numpy(pca_digits):
+    _, nz, nb = pca_digits
     det = detection.detect_from_neighbors(nb, nz.noisy, 10, k=20)
     panel = widgets.ThresholdPanel(det.discrepancy, labels=nz.noisy, agree=det.agree,
                                    num_classes=10, is_noisy=nz.is_noisy)
@@ -146,8 +133,8 @@ def test_threshold_panel_counts_match_numpy(setup):
     assert panel.update(criterion="median")["n_selected"] == det.clean.sum()
 
 
-def test_threshold_panel_short_form_and_widget(setup):
-    _, nz, nb = setup
+def test_threshold_panel_short_form_and_widget(pca_digits):
+    _, nz, nb = pca_digits
     det = detection.detect_from_neighbors(nb, nz.noisy, 10, k=20)
     panel = widgets.ThresholdPanel(det.discrepancy, is_noisy=nz.is_noisy)
     assert panel.criteria == ("threshold",) and panel.is_noisy is not None
@@ -162,9 +149,7 @@ def test_threshold_panel_short_form_and_widget(setup):
         widgets.ThresholdPanel(det.discrepancy, nz.is_noisy)
     with pytest.raises(TypeError, match="from_detection"):
         widgets.ThresholdPanel(det, is_noisy=nz.is_noisy)
-    pytest.importorskip("ipywidgets")
-    panel.widget()
-    panel.controls["threshold"].value = 0.5
+    move_control(panel, "threshold", 0.5)
     assert panel.threshold == 0.5
     assert f"selected for training {np.sum(det.discrepancy <= 0.5):,}" in _text(panel._html.value)
 
@@ -172,8 +157,8 @@ def test_threshold_panel_short_form_and_widget(setup):
 # --------------------------------------------------------------------------- images
 
 
-def test_suspicious_images_most_suspicious_of_a_class(setup, digits):
-    _, nz, nb = setup
+def test_suspicious_images_most_suspicious_of_a_class(pca_digits, digits):
+    _, nz, nb = pca_digits
     det = detection.detect_from_neighbors(nb, nz.noisy, 10, k=20)
     panel = widgets.SuspiciousImagesPanel(digits.train_images, nz.noisy,
                                           discrepancy=det.discrepancy,
@@ -198,109 +183,12 @@ def test_suspicious_images_most_suspicious_of_a_class(setup, digits):
     assert np.array_equal(other.update(3)[:12], panel.update(3))
     with pytest.raises(ValueError, match="class index"):
         panel.update(10)
-    pytest.importorskip("ipywidgets")
-    other.widget()
-    other.controls["cls"].value = 5
+    move_control(other, "cls", 5)
     assert other.cls == 5 and "truly mislabelled" in other._html.value
 
 
-# --------------------------------------------------------------------------- epochs
-
-
-def _write_run(root, name, given, true, snaps, final_feats, config=None):
-    path = rundir.create_run_dir(root, name)
-    runs.write_json_atomic(path / runs.CONFIG_FILE, {"method": "moit", **(config or {})})
-    for epoch, feats in snaps.items():
-        runs.save_snapshot(path, epoch, feats, given, true)
-    runs.save_final(path, final_feats, None, given, true)
-    return runs.load_run(path)
-
-
-def test_epoch_panel_metrics_and_compare(tmp_path, setup):
-    feats, nz, _ = setup
-    given, true = nz.noisy, nz.clean
-    rng = np.random.default_rng(0)
-    snaps = {1: np.eye(10)[true] + rng.normal(0, 0.1, (len(true), 10)),
-             3: np.eye(10)[given] + rng.normal(0, 0.1, (len(true), 10))}
-    run = _write_run(tmp_path, "supcon", given, true, snaps, feats)
-    other = _write_run(tmp_path, "icl", given, true, {2: feats}, feats)
-    panel = epoch_panel.EpochPanel(run, compare=other, k=10, subsample=300)
-    assert panel.epochs == [1, 3] and panel.epoch == 3
-    out = panel.update(1)
-    ref = collapse.collapse_metrics(run.snapshot(1)["features"], given, true, k=10)
-    for key, value in ref.items():
-        assert out[key] == pytest.approx(value)
-    assert out["compare"]["epoch"] == 2  # the other run's nearest snapshot
-    assert panel.projections["run"].coords.shape == (300, 2)
-    late = panel.update(3)
-    assert late["noisy_agree_given"] > out["noisy_agree_given"]  # collapse onto given labels
-    final_only = epoch_panel.EpochPanel(_write_run(tmp_path, "bare", given, true, {}, feats), k=10)
-    assert final_only.epochs == [-1]
-    with pytest.raises(ValueError, match="available"):
-        panel.update(2)
-    pytest.importorskip("ipywidgets")
-    panel.widget()
-    panel.controls["epoch"].value = 1
-    assert panel.epoch == 1 and "kNN acc (true)" in panel._html.value
-
-
-def test_epoch_panel_takes_k_from_the_run_config(tmp_path, setup):
-    """Where a run is at hand its k comes from its config.json (Run.k), not a default."""
-    feats, nz, _ = setup
-    run = _write_run(tmp_path, "r", nz.noisy, nz.clean, {1: feats}, feats, config={"k": 7})
-    assert run.k == 7 and runs.load_run(run.path).k == 7
-    panel = epoch_panel.EpochPanel(run, subsample=200)
-    ref = collapse.collapse_metrics(run.snapshot(1)["features"], nz.noisy, nz.clean, k=7)
-    other_k = collapse.collapse_metrics(run.snapshot(1)["features"], nz.noisy, nz.clean, k=30)
-    out = panel.update(1)
-    for key, value in ref.items():
-        assert out[key] == pytest.approx(value)
-    assert any(out[key] != pytest.approx(other_k[key]) for key in ref)
-
-
-def test_epoch_panel_draws_the_knn_curve_of_every_snapshot(tmp_path, setup):
-    feats, nz, _ = setup
-    given, true = nz.noisy, nz.clean
-    rng = np.random.default_rng(1)
-    snaps = {e: np.eye(10)[true if e < 3 else given] + rng.normal(0, 0.1, (len(true), 10))
-             for e in (1, 2, 3, 4)}
-    run = _write_run(tmp_path, "supcon", given, true, snaps, feats,
-                     config={"method": "supcon", "rate": 0.3, "k": 10})
-    other = _write_run(tmp_path, "icl", given, true, {1: feats, 4: feats}, feats,
-                       config={"method": "icl", "rate": 0.3, "k": 10})
-    panel = epoch_panel.EpochPanel(run, compare=other, subsample=None)
-    curve = panel.curve("run")
-    assert list(curve["epoch"]) == [1, 2, 3, 4] and panel.curve_metric == "knn_acc_true"
-    for epoch in (1, 4):
-        ref = collapse.collapse_metrics(run.snapshot(epoch)["features"], given, true, k=10)
-        row = curve.set_index("epoch").loc[epoch]
-        assert row["knn_acc_true"] == pytest.approx(ref["knn_acc_true"])
-    # the snapshots follow the true labels, then the given ones: the curve shows the collapse
-    assert curve["knn_acc_true"].iloc[-1] < curve["knn_acc_true"].iloc[0] - 0.2
-    assert list(panel.curve("compare")["epoch"]) == [1, 4]
-    assert set(panel.curves) == {"supcon 30%", "icl 30%"}
-    with pytest.raises(ValueError, match="which"):
-        panel.curve("other")
-    pytest.importorskip("ipywidgets")
-    panel.widget()
-    before = panel._image.value
-    panel.controls["epoch"].value = 2
-    assert panel._image.value != before and panel.epoch == 2
-
-
-def test_epoch_panel_frame_is_the_static_projection(tmp_path, setup):
-    """With the same method and cache, the panel's frame is the static figure's projection."""
-    feats, nz, _ = setup
-    run = _write_run(tmp_path, "r", nz.noisy[:300], nz.clean[:300], {1: feats[:300]},
-                     feats[:300], config={"k": 10})
-    static = projection.embedding_projection(run.snapshot(1)["features"], method="pca", seed=0,
-                                           cache_path=tmp_path / "proj")
-    panel = epoch_panel.EpochPanel(run, method="pca", subsample=None, cache_path=tmp_path / "proj")
-    assert np.array_equal(panel.projections["run"].coords, static.coords)
-
-
-def test_noise_panel_matches_inject_noise(setup):
-    _, nz, _ = setup
+def test_noise_panel_matches_inject_noise(pca_digits):
+    _, nz, _ = pca_digits
     labels = nz.clean
     flips = {1: 7, 7: 1, 3: 8}
     panel = widgets.NoisePanel(labels, 10, flip_map=flips, rate=0.4)
