@@ -55,10 +55,10 @@ from moit_explore.maths.neighbors import Neighbors, knn_search
 from moit_explore.maths.validation import (
     check_choice,
     check_features,
-    check_k,
     check_labels,
     check_mask,
     check_num_classes,
+    resolve_k,
 )
 from moit_explore.training import rundir, runs
 
@@ -220,12 +220,8 @@ class LabelIssues:
 
 
 def examine_labels(
-    labels: Any,
-    features: Any,
-    *,
-    num_classes: int | None = None,
-    k: int | None = None,
-    backend: str = "auto",
+    labels: Any, features: Any, *,
+    num_classes: int | None = None, k: int | None = None, backend: str = "auto",
 ) -> LabelIssues:
     """The label issues of ``labels`` (N,) given ``features`` (N, D) or their ``Neighbors``.
 
@@ -236,12 +232,9 @@ def examine_labels(
     y, feats = _checked_inputs(labels, features)
     c = check_num_classes(num_classes, y)
     n = y.shape[0]
-    if isinstance(feats, Neighbors):
-        k = min(default_k(y), feats.k_max) if k is None else check_k(k, n, k_max=feats.k_max)
-        indices = feats.indices[:, :k]
-    else:
-        k = default_k(y) if k is None else check_k(k, n)
-        indices = knn_search(feats, k, backend=backend).indices
+    k_max = feats.k_max if isinstance(feats, Neighbors) else None
+    k = resolve_k(k, y, n, k_max=k_max, default=default_k)
+    indices = feats.indices[:, :k] if k_max else knn_search(feats, k, backend=backend).indices
     p1 = confident.neighbour_votes(indices, y, c)
     suspect = confident.prune_by_noise_rate(p1, y, confident.calibrated_joint(p1, y))
     probs = confident.neighbour_votes(
@@ -262,12 +255,8 @@ def examine_labels(
 
 
 def find_label_issues(
-    labels: Any,
-    features: Any,
-    *,
-    num_classes: int | None = None,
-    k: int | None = None,
-    backend: str = "auto",
+    labels: Any, features: Any, *,
+    num_classes: int | None = None, k: int | None = None, backend: str = "auto",
     return_indices_ranked_by: str | None = None,
 ) -> np.ndarray:
     """Samples whose given label the embedding's neighbourhood contradicts (cleanlab style).
@@ -290,17 +279,10 @@ def find_label_issues(
 
 
 def label_issues_table(
-    labels: Any,
-    features: Any,
-    *,
-    class_names: list[str] | None = None,
-    paths: list[str] | None = None,
-    true_labels: Any = None,
-    selected_for_training: Any = None,
-    sort: bool = True,
-    num_classes: int | None = None,
-    k: int | None = None,
-    backend: str = "auto",
+    labels: Any, features: Any, *,
+    class_names: list[str] | None = None, paths: list[str] | None = None,
+    true_labels: Any = None, selected_for_training: Any = None, sort: bool = True,
+    num_classes: int | None = None, k: int | None = None, backend: str = "auto",
 ) -> pd.DataFrame:
     """:meth:`LabelIssues.table` of :func:`examine_labels` on ``labels`` (N,) and
     ``features`` (N, D) or their Neighbors: the mask of :func:`find_label_issues` is its

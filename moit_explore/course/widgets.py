@@ -325,16 +325,9 @@ class ThresholdPanel(_Panel):
     """
 
     def __init__(
-        self,
-        discrepancy: Any,
-        *,
-        is_noisy: Any = None,
-        labels: Any = None,
-        agree: Any = None,
-        num_classes: int | None = None,
-        threshold: float | None = None,
-        criterion: str = "threshold",
-        bins: int = 30,
+        self, discrepancy: Any, *, is_noisy: Any = None, labels: Any = None, agree: Any = None,
+        num_classes: int | None = None, threshold: float | None = None,
+        criterion: str = "threshold", bins: int = 30,
     ) -> None:
         if isinstance(discrepancy, det_mod.Detection):
             raise TypeError("discrepancy must be an array (N,), got a Detection: use "

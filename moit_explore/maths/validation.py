@@ -15,6 +15,7 @@ tensor is recognised by its methods.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -128,12 +129,13 @@ def default_k(labels: Any) -> int:
 
 
 def resolve_k(k: Any, labels: Any, n: int, *, k_max: int | None = None,
-              self_excluded: bool = True, samples: str = "samples") -> int:
-    """k for a kNN among ``n`` samples labelled ``labels``: None means :func:`default_k` of the
-    labels (within ``k_max``); else ``k`` checked by :func:`check_k`. The package's one reading
-    of "no k given"."""
+              self_excluded: bool = True, samples: str = "samples",
+              default: Callable[[Any], int] | None = None) -> int:
+    """k for a kNN among ``n`` samples labelled ``labels``: None means ``default`` of the labels
+    (None: :func:`default_k`), within ``k_max``; else ``k`` checked by :func:`check_k`. The
+    package's one reading of "no k given"."""
     if k is None:
-        k = default_k(labels)
+        k = (default or default_k)(labels)
         return k if k_max is None else min(k, k_max)
     return check_k(k, n, k_max=k_max, self_excluded=self_excluded, samples=samples)
 
