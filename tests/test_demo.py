@@ -65,12 +65,15 @@ def test_detection_over_training_both_verdicts():
     text = " ".join(better)
     assert "detection improves as the embedding learns: F1 0.800 after epoch 1" in text
     assert "0.900 after epoch 3" in text and "best F1 0.930 at epoch 2" in text
-    assert "is ahead of the same detector on CE's encoder features: AUROC 0.975 vs 0.960, " \
-           "F1 0.900 vs 0.880" in text
+    assert "CE's encoder features: AUROC 0.975 vs 0.960 (ahead), F1 0.900 vs 0.880 (ahead)" \
+        in text
     worse = " ".join(demo.detection_over_training(
         _det_metrics([0.81, 0.77], [0.95, 0.91]), _det_metrics([0.8, 0.89], [0.9, 0.96])))
     assert "gets worse as MOIT trains: F1 0.810 after epoch 1" in worse
-    assert "is not ahead of (on AUROC and F1 both) the same detector" in worse
+    assert "AUROC 0.910 vs 0.960 (not ahead), F1 0.770 vs 0.890 (not ahead)" in worse
+    mixed = " ".join(demo.detection_over_training(
+        _det_metrics([0.81, 0.888], [0.95, 0.963]), _det_metrics([0.8, 0.878], [0.9, 0.966])))
+    assert "AUROC 0.963 vs 0.966 (not ahead), F1 0.888 vs 0.878 (ahead)" in mixed
 
 
 def test_detection_over_training_of_a_real_run(tmp_path):

@@ -187,12 +187,15 @@ def detection_over_training(moit_metrics: pd.DataFrame,
     if ce_metrics is not None and {"det_f1", "det_auroc"} <= set(ce_metrics) \
             and "det_auroc" in m:
         ce = ce_metrics.dropna(subset=["det_f1"]).iloc[-1]
-        ahead = last["det_auroc"] > ce["det_auroc"] and last["det_f1"] > ce["det_f1"]
-        verdict = ("ahead of" if ahead else "not ahead of (on AUROC and F1 both)")
+
+        def side(key: str) -> str:
+            return "ahead" if last[key] > ce[key] else "not ahead"
+
         lines.append(
-            f"After the last epoch, MOIT's detection on its own embedding is {verdict} the same "
+            f"After the last epoch, MOIT's detection on its own embedding against the same "
             f"detector on CE's encoder features: AUROC {last['det_auroc']:.3f} vs "
-            f"{ce['det_auroc']:.3f}, F1 {last['det_f1']:.3f} vs {ce['det_f1']:.3f}.")
+            f"{ce['det_auroc']:.3f} ({side('det_auroc')}), F1 {last['det_f1']:.3f} vs "
+            f"{ce['det_f1']:.3f} ({side('det_f1')}).")
     return lines
 
 
