@@ -41,6 +41,9 @@ LEVERS: dict[str, dict] = {
     "rgb": dict(pad_inputs=0, gray_to_rgb=True),
     "native-w32": dict(pad_inputs=0, gray_to_rgb=False, width=32),
     "resize32": dict(pad_inputs=0, gray_to_rgb=False, image_size=32),
+    # MOIT-only probes of the late decay on the padded input (one seed: a direction)
+    "pad2-no-correction": dict(pad_inputs=2, correction_start=60),
+    "pad2-simple-aug": dict(pad_inputs=2, augment="simple"),
 }
 CURVE_EPOCHS = (1, 5, 10, 20, 30, 31, 35, 40, 45, 50, 60)
 
@@ -150,6 +153,34 @@ def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_p
                       f"{r['test']:.3f} |")
 
 
+def step_speed(rounds: int = 3, seconds: float = 4.0) -> dict[str, float]:
+    """Training-step throughput (images/s, best of ``rounds``) of cpu-demo's small CNN on each
+    input shape, one thread, batch 256, the shapes interleaved so that a loaded machine slows
+    them alike."""
+    from moit_explore.maths import models
+
+    torch.set_num_threads(1)
+    shapes = {"native 28x28x1": (1, 28), "pad2 32x32x1": (1, 32), "pad2-rgb 32x32x3": (3, 32)}
+    best = dict.fromkeys(shapes, 0.0)
+    for _ in range(rounds):
+        for name, (c, hw) in shapes.items():
+            model = models.build_model("small_cnn", 10, c, width=16)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            x = torch.randn(256, c, hw, hw).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (256,))
+            n, t0 = -512, time.perf_counter()  # the first two steps warm up
+            while n <= 0 or time.perf_counter() - t0 < seconds:
+                if n == 0:
+                    t0 = time.perf_counter()
+                logits, _ = model(x)
+                torch.nn.functional.cross_entropy(logits, y).backward()
+                opt.step()
+                opt.zero_grad()
+                n += 256
+            best[name] = max(best[name], n / (time.perf_counter() - t0))
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--levers", default="native,pad2-rgb",
@@ -168,7 +199,13 @@ def main() -> None:
                     help="methods to tabulate (runs of regime_search.py under the same trial "
                          "names, e.g. moit,ce: CE's detection is the same detector on its "
                          "encoder features)")
+    ap.add_argument("--step-speed", action="store_true",
+                    help="only time a training step on each input shape")
     args = ap.parse_args()
+    if args.step_speed:
+        for name, rate in step_speed().items():
+            print(f"{name}: {rate:,.0f} images/s")
+        return
     levers = args.levers.split(",")
     unknown = [lv for lv in levers if lv not in LEVERS]
     if unknown:
