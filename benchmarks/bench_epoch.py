@@ -42,17 +42,15 @@ def random_data(n: int, size: int, channels: int, num_classes: int, seed: int = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--n", type=int, default=50_000, help="training images")
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--channels", type=int, default=3)
-    ap.add_argument("--classes", type=int, default=10)
+    for flag, default in (("--size", 32), ("--channels", 3), ("--classes", 10), ("--width", 64),
+                          ("--batch-size", 128)):
+        ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--arch", default="preact_resnet18", choices=config.ARCH_CHOICES)
-    ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--device", default="auto")
+    for flag, default in (("--device", "auto"), ("--pipelines", "gpu,reference")):
+        ap.add_argument(flag, default=default)
     ap.add_argument("--epochs", type=int, default=2, help="epochs per pipeline (last reported)")
     ap.add_argument("--workers", type=int, default=None,
                     help="reference DataLoader workers (default: CPU count)")
-    ap.add_argument("--pipelines", default="gpu,reference")
     ap.add_argument("--compile", action="store_true", help="torch.compile (gpu pipeline)")
     args = ap.parse_args()
 
