@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from moit_explore.course import notebook_runs
+from moit_explore.course import book, notebook_runs
 from moit_explore.maths import noise
 from moit_explore.training import presets, runs
 
@@ -109,7 +109,11 @@ def test_prepare_course_trains_every_run_the_notebooks_then_reuse(cache, monkeyp
     # a share of the full list, in seconds (the smoke preset cannot train notebook 6's folder)
     monkeypatch.setattr(notebook_runs, "COURSE_RUNS", (("moit+", 0.4), ("supcon", 0.8),
                                                        ("ce", 0.4)))
+    assert not book.course_ready("smoke")  # the book's full mode waits for these runs
     folders = notebook_runs.prepare_course("smoke", jobs=2, progress=False)
+    assert book.course_ready("smoke")
+    assert sorted(folders) == sorted(str(notebook_runs.course_run_dir(m, "symmetric", r, "smoke"))
+                                     for m, r in notebook_runs.COURSE_RUNS)
     assert len(set(folders)) == len(notebook_runs.COURSE_RUNS)
     stamps = {f: _stamp(runs.load_run(f)) for f in folders}
     # every run a notebook then asks for is the cached one (not trained again), with the seed

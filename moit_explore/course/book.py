@@ -61,11 +61,8 @@ def course_ready(preset_name: str = "cpu-demo") -> bool:
             if not any((cache / "folders").glob("*/embeddings/final.npz")):
                 return False
             continue
-        base = "moit" if method == "moit+" else method
-        path = cache / notebook_runs.run_name(base, noise[0] if noise else "symmetric", rate,
-                                              preset_name, **notebook_runs.seed_overrides())
-        if method == "moit+":
-            path = path / "finetune"
+        path = notebook_runs.course_run_dir(method, noise[0] if noise else "symmetric", rate,
+                                            preset_name)
         if not (path / "embeddings" / "final.npz").is_file():
             return False
     return True

@@ -33,6 +33,7 @@ __all__ = [
     "COURSE_RUNS",
     "SMOKE",
     "course_run",
+    "course_run_dir",
     "data_root",
     "expected_time",
     "flip_map",
@@ -237,6 +238,28 @@ def _cached(path: Path, expected: dict, key: str | None = None) -> bool:
     return _complete(path) and _settings_match(path, expected, key)
 
 
+def _course_overrides(noise: str, rate: float, preset_name: str, overrides: dict) -> dict:
+    """A course run's TrainConfig overrides: ``MOIT_SEED``'s seed, and for asymmetric noise on
+    a data set without a flip map the course's label file."""
+    overrides = {**seed_overrides(), **overrides}
+    if noise == "asymmetric" and "noise_file" not in overrides:  # the digits: a label file
+        noise_file = course_noise_file(preset_name, rate)
+        if noise_file is not None:
+            overrides["noise_file"] = str(noise_file)
+    return overrides
+
+
+def course_run_dir(method: str, noise: str = "symmetric", rate: float = 0.4,
+                   preset: str | None = None, **overrides) -> Path:
+    """Where :func:`course_run` keeps that run (a fine-tune: in its base run's folder)."""
+    preset_name = preset or _default_preset()
+    overrides = _course_overrides(noise, rate, preset_name, overrides)
+    fine_tunes = get_method(method).fine_tunes
+    if fine_tunes is not None:
+        return course_run_dir(fine_tunes, noise, rate, preset_name, **overrides) / "finetune"
+    return runs_dir() / run_name(method, noise, rate, preset_name, **overrides)
+
+
 def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
                preset: str | None = None, *, progress: bool = True, **overrides):
     """A finished training run for the course: the cached one under ``runs/course/<name>`` when
@@ -252,15 +275,11 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
     run is never mistaken for a cached one. Returns a :class:`moit_explore.training.runs.Run`.
     """
     preset_name = preset or _default_preset()
-    overrides = {**seed_overrides(), **overrides}
-    if noise == "asymmetric" and "noise_file" not in overrides:  # the digits: a label file
-        noise_file = course_noise_file(preset_name, rate)
-        if noise_file is not None:
-            overrides["noise_file"] = str(noise_file)
+    overrides = _course_overrides(noise, rate, preset_name, overrides)
+    target = course_run_dir(method, noise, rate, preset_name, **overrides)
     fine_tunes = get_method(method).fine_tunes
     if fine_tunes is not None:  # MOIT+: fine-tune the cached run of the method it continues
         base = course_run(fine_tunes, noise, rate, preset_name, progress=progress, **overrides)
-        target = Path(base.path) / "finetune"
         fcfg = presets.finetune_preset(presets.finetune_preset_for(preset_name, rate, noise))
         expected = fcfg.to_dict()
         if not _cached(target, expected, key="finetune"):
@@ -269,7 +288,6 @@ def course_run(method: str, noise: str = "symmetric", rate: float = 0.4,
                                                    progress=progress),
                         key="finetune")
         return runs.load_run(target)
-    target = runs_dir() / run_name(method, noise, rate, preset_name, **overrides)
     # the repository's data/ folder, whatever the notebook's working directory
     settings = {"data_root": str(data_root()), "method": method, "noise": noise, "rate": rate,
                 **overrides}
