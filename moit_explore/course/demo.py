@@ -130,7 +130,8 @@ def _figures(entries: list[tuple[str, Any]], flag_run: Any, out: Path,
                 issues.suggested_label, flag_run.classes or None, indices=order,
                 true=final["labels_true"], ncols=6, max_images=24)
             fig.suptitle(f"{_label(flag_run)}: label issues of its final embedding, worst "
-                         "first (given / suggested label)")
+                         "first (given / suggested label)\ngreen: the suggested label is the "
+                         "true one; red: it is not")
             written.append(_save(fig, out / "flagged.png"))
     return written
 
