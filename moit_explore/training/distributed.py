@@ -408,4 +408,8 @@ def process_group(device: str = "auto", bn: str = "sync",
         raise
     finally:
         if created and not failed:
+            # every rank reaches the end before the group is torn down: gloo can abort a rank
+            # ("terminate called without an active exception") whose peer destroyed the group
+            # while its last messages were still in flight
+            dist.barrier()
             dist.destroy_process_group()
