@@ -7,13 +7,15 @@ shows its figure, no cell shows an error; a screenshot per notebook goes to
 Then, on the already-run pages: notebook 03's k slider moves (the displayed precision and recall
 and the discrepancy histogram change); notebook 04's threshold slider moves, then its criterion
 menu switches to a balancing rule (the threshold leaves the numbers, the slider is disabled, the
-figure changes).
+figure changes); notebook 06's review panel decides three label issues with its buttons (the
+status line advances, the decision log on disk gains the right decision per click).
 
 Run with ``make test-browser`` (``pytest -m browser tests/test_browser.py``). Needs Debian's
 ``chromium`` (``/usr/bin/chromium``, or set ``MOIT_CHROMIUM``) and Python's ``playwright``; it
 never downloads a browser. JupyterLab starts as ``make lab`` starts it (no ``MPLBACKEND`` in its
 environment); the kernel runs in smoke mode (``MOIT_SMOKE=1``). Screenshots of the moved panels:
-``browser_03.png`` and ``browser_04.png`` (``..._failure.png`` when a test fails).
+``browser_03.png``, ``browser_04.png`` and ``browser_06.png`` (``..._failure.png`` when a test
+fails).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("0*.ipynb"))
 NOTEBOOK = "notebooks/03_knn_soft_labels.ipynb"
 NOTEBOOK_04 = "notebooks/04_detection_quality.ipynb"
+NOTEBOOK_06 = "notebooks/06_your_own_data.ipynb"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -496,7 +499,7 @@ def lab() -> Iterator[LabServer]:
 
 
 def test_the_six_notebooks_are_driven():
-    assert len(NOTEBOOKS) == 6 and NOTEBOOK in NOTEBOOKS and NOTEBOOK_04 in NOTEBOOKS
+    assert len(NOTEBOOKS) == 6 and {NOTEBOOK, NOTEBOOK_04, NOTEBOOK_06} <= set(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda nb: Path(nb).stem[:2])
@@ -555,6 +558,205 @@ def _check_threshold_panel(before: PanelState, moved: PanelState, switched: Pane
     assert (ARTIFACTS / "browser_04.png").stat().st_size > 10_000
 
 
+
+# -- notebook 06: the review panel
+
+# the kernel is idle and every code cell from ``first`` to ``last`` (indices among all cells)
+# has an execution count newer than ``since`` (the highest count before the run started)
+CELLS_DONE_JS = """
+([first, last, since]) => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const ctx = panel && panel.sessionContext;
+  const kernel = ctx && ctx.session && ctx.session.kernel;
+  const cells = panel.content.widgets.slice(first, last + 1).filter(c => c.model.type === 'code');
+  return !!kernel && kernel.status === 'idle' &&
+         cells.every(c => c.model.executionCount !== null && c.model.executionCount > since);
+}
+"""
+LAST_COUNT_JS = """
+() => Math.max(0, ...window.jupyterapp.shell.currentWidget.content.widgets
+  .map(c => c.model.type === 'code' && c.model.executionCount || 0))
+"""
+SELECT_CELL_JS = """
+index => {
+  const notebook = window.jupyterapp.shell.currentWidget.content;
+  notebook.activeCellIndex = index;
+  notebook.deselectAll();
+  return notebook.activeCellIndex;
+}
+"""
+
+
+def _run_cells(page, item: str, active: int, first: int, last: int, attempts: int = 5) -> None:
+    """With cell ``active`` selected, Run > ``item``; wait until the cells ``first`` to ``last``
+    have run (failing at once on an error)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    since = page.evaluate(LAST_COUNT_JS)
+    running = page.locator(".jp-NotebookPanel .jp-InputPrompt", has_text="[*]").first
+    for attempt in range(attempts):
+        assert page.evaluate(SELECT_CELL_JS, active) == active
+        try:
+            _menu(page, "Run", item)
+            page.wait_for_function(f"a => ({CELLS_DONE_JS})(a) || "
+                                   "document.querySelector('.jp-InputPrompt') && "
+                                   "[...document.querySelectorAll('.jp-InputPrompt')]"
+                                   ".some(p => p.innerText.includes('[*]'))",
+                                   arg=[first, last, since], timeout=5000)
+            break
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise AssertionError(f"Run > {item} did not start ({attempts} attempts)") from None
+    traceback = page.locator(".jp-NotebookPanel .jp-OutputArea-output",
+                             has_text="Traceback (most recent call last)").first
+    deadline = time.monotonic() + NOTEBOOK_RUN_S
+    done_polls = 0
+    while done_polls < 4:  # several polls in a row: between two cells the kernel is idle too
+        if traceback.is_visible():
+            raise AssertionError(f"a notebook cell raised:\n{traceback.inner_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"cells {first}-{last} did not finish in {NOTEBOOK_RUN_S}s")
+        done_polls = done_polls + 1 if page.evaluate(CELLS_DONE_JS, [first, last, since]) and \
+            not running.is_visible() else 0
+        page.wait_for_timeout(500)
+
+
+def _cell_index(notebook: str, needle: str) -> int:
+    """The index (among all cells) of the one code cell whose source holds ``needle``."""
+    cells = json.loads((ROOT / notebook).read_text(encoding="utf-8"))["cells"]
+    found = [i for i, c in enumerate(cells)
+             if c["cell_type"] == "code" and needle in "".join(c["source"])]
+    assert len(found) == 1, f"{notebook}: {len(found)} code cells hold {needle!r}"
+    return found[0]
+
+
+@dataclass
+class ReviewState:
+    """What the review panel shows: its status line, and the sample on display."""
+    status: str
+    decided: int
+    issues: int
+    sample: int | None
+    given: str | None
+    suggested: str | None
+
+
+STATUS = re.compile(r"(\d+) of (\d+) label issues decided")
+ON_DISPLAY = re.compile(r"^sample (\d+) · .* · given (.+?) · suggested (.+?) · label quality")
+
+
+class ReviewPanelPage:
+    """Notebook 06's review panel in the page: its status line, buttons and class menu."""
+
+    def __init__(self, page, cell) -> None:
+        self.page, self.cell = page, cell
+        self.status_line = cell.locator(".widget-html").first  # the panel's one HTML widget
+        self.accept = cell.locator("button", has_text=re.compile(r"^\s*accept ")).first
+        self.keep = cell.locator("button", has_text=re.compile(r"^\s*keep ")).first
+        self.set_label = cell.locator("button", has_text=re.compile(r"^\s*set label\s*$")).first
+        self.menu = cell.locator(".widget-dropdown", has_text="other class").locator("select")
+        self.status_line.wait_for(state="visible", timeout=WIDGET_REACT_S * 1000)
+        page.wait_for_function("el => /label issues? (is )?decided/.test(el.innerText)",
+                               arg=self.status_line.element_handle(),
+                               timeout=WIDGET_REACT_S * 1000)
+
+    def state(self) -> ReviewState:
+        text = re.sub(r"\s+", " ", self.status_line.inner_text()).strip()
+        done = STATUS.search(text)
+        assert done, f"no 'N of M label issues decided' in {text!r}"
+        shown = ON_DISPLAY.match(text)
+        return ReviewState(text, int(done[1]), int(done[2]), *(
+            (int(shown[1]), shown[2], shown[3]) if shown else (None, None, None)))
+
+    def click(self, button, before: ReviewState) -> ReviewState:
+        """Click ``button``, then wait for the status line to count one more decision."""
+        button.click()
+        self.page.wait_for_function(
+            "([el, n]) => { const m = el.innerText.match(/(\\d+) of \\d+ label issues decided/);"
+            " return !!m && Number(m[1]) === n; }",
+            arg=[self.status_line.element_handle(), before.decided + 1],
+            timeout=WIDGET_REACT_S * 1000)
+        return self.state()
+
+
+def _log_decisions(log: Path) -> list[dict]:
+    """The decision log's decisions (its lines after the header)."""
+    lines = [json.loads(ln) for ln in log.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    assert lines and lines[0].get("format"), f"{log}: no review log header"
+    return lines[1:]
+
+
+def test_review_panel_buttons_decide_and_log(lab):
+    """Notebook 06 in JupyterLab: run the cells up to the review panel, then decide three label
+    issues with the panel as a student does (accept the suggestion, keep the given class, pick
+    another class and "set label"): each click advances the status line by one decision and
+    appends that decision to the review log on disk. Then run the rest of the notebook (the
+    simulated reviewer closes and reopens the review): it runs on, and a click on the panel of
+    the closed review writes nothing."""
+    shot = ARTIFACTS / "browser_06.png"
+    at = _cell_index(NOTEBOOK_06, "review_panel.ReviewPanel(")
+    with browser_page(shot) as page:
+        try:
+            _open(page, lab, NOTEBOOK_06)
+            _run_cells(page, "Run All Above Selected Cell", at, 0, at - 1)
+            _run_cells(page, "Run Selected Cells?", at, at, at)
+            cell = page.locator(".jp-NotebookPanel .jp-Cell").nth(at)
+            printed = cell.locator(".jp-OutputArea-output", has_text="(log: ").first.inner_text()
+            found = re.search(r"\(log: (.+?label_review\.jsonl)\)", printed)
+            assert found, f"no review log path in the panel cell's output: {printed!r}"
+            log = Path(found[1])
+            panel = ReviewPanelPage(page, cell)
+            classes = [o.replace("\xa0", " ").strip()  # the menu shows spaces as nbsp
+                       for o in panel.menu.locator("option").all_inner_texts()]
+            start = panel.state()
+            assert start.sample is not None and start.issues >= 3, start.status
+            logged = _log_decisions(log)
+            assert len(logged) == start.decided, (start.status, len(logged))
+
+            def check(state: ReviewState, decision: str, label: str) -> ReviewState:
+                new = _log_decisions(log)[len(logged):]
+                assert len(new) == 1, f"{decision}: {len(new)} new lines in {log}"
+                line = new[0]
+                assert (line["sample"], line["decision"]) == (state.sample, decision), line
+                assert classes[line["given"]] == state.given, (line, state.status)
+                assert classes[line["suggested"]] == state.suggested, (line, state.status)
+                assert classes[line["label"]] == label, (line, label)
+                logged.append(line)
+                return state
+
+            after = panel.click(panel.accept, start)
+            check(start, "accept", start.suggested)
+            assert after.sample != start.sample and after.decided == start.decided + 1
+            before, after = after, panel.click(panel.keep, after)
+            check(before, "keep", before.given)
+            other = next(c for c in classes if c not in (after.given, after.suggested))
+            panel.menu.select_option(label=other)
+            before, after = after, panel.click(panel.set_label, after)
+            check(before, "relabel", other)
+            assert after.decided == start.decided + 3 and after.issues == start.issues
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            cell.scroll_into_view_if_needed()
+            page.screenshot(path=str(shot), full_page=False)
+            assert shot.stat().st_size > 10_000
+            # the rest of the notebook runs on from these decisions; it closes the panel's
+            # review (and opens a new one), so a click on this panel must write nothing
+            n_cells = page.evaluate("() => window.jupyterapp.shell.currentWidget.content"
+                                    ".widgets.length")
+            _run_cells(page, "Run Selected Cell and All Below", at + 1, at + 1, n_cells - 1)
+            n_logged = len(_log_decisions(log))
+            assert n_logged >= len(logged)
+            panel.keep.click()
+            page.wait_for_function(
+                "el => /is closed|every label issue is decided/.test(el.innerText)",
+                arg=panel.status_line.element_handle(), timeout=WIDGET_REACT_S * 1000)
+            assert len(_log_decisions(log)) == n_logged
+        except Exception as err:
+            raise AssertionError(f"{err}\n--- JupyterLab log ---\n{lab.log_tail()}") from err
+        finally:  # free the kernel before the next notebook starts one
+            page.evaluate("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                          " && window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+
+
 # the images of a static page: loaded, broken; error outputs; the exercises' answer blocks
 BOOK_PAGE_JS = """
 () => {
@@ -605,4 +807,18 @@ def test_book_pages_show_every_figure(tmp_path):
             assert f"Executed in {entry['mode']} mode" in info["text"], entry["page"]
             assert f"took {entry['seconds']:.0f} s" in info["text"], entry["page"]
             page.screenshot(path=str(ARTIFACTS / f"book_{entry['notebook'][:2]}.png"))
+            assert page.locator(f"a[href='{entry['executed']}']").count() == 1, entry["page"]
     (ARTIFACTS / "book_images.json").write_text(json.dumps(counts, indent=1) + "\n")
+    # the executed notebooks: outputs kept, and every widget view's model in the saved state
+    views = 0
+    for entry in pages:
+        nb = json.loads((out / entry["executed"]).read_text())
+        state = nb["metadata"].get("widgets", {}).get(
+            "application/vnd.jupyter.widget-state+json", {}).get("state", {})
+        for cell in nb["cells"]:
+            for output in cell.get("outputs", []):
+                view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+                if view:
+                    views += 1
+                    assert view["model_id"] in state, (entry["executed"], view["model_id"])
+    assert views >= 3  # the k slider, the epoch panels, the review panel

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import re
+
 import numpy as np
 import pytest
 
@@ -77,6 +81,75 @@ def test_panel_decides_the_worst_pending_image(tmp_path, digits_run):
         assert rev.n_decided == 4 and ui is panel.widget()
         with pytest.raises(ValueError, match="uint8"):
             review_panel.ReviewPanel(rev, sub.train_images[:10])
+
+
+# one pending label issue of a static copy: its sample, (path), given, suggested, quality
+STATIC_ROW = re.compile(r'<tr class="moit-review-issue" data-sample="(\d+)"><td><img alt="sample '
+                        r'\1" src="data:image/png;base64,([A-Za-z0-9+/=]+)"></td><td>\1<br><code>'
+                        r"([^<]*)</code></td><td>([^<]*)</td><td>([^<]*)</td><td>([0-9.]+)</td></tr>")
+
+
+def _static_rows(panel) -> list[tuple[int, str, str, str, float]]:
+    found = STATIC_ROW.findall(panel.static_html())
+    for _, png, *_ in found:
+        assert base64.b64decode(png)[:4] == b"\x89PNG"
+    return [(int(i), path, given, suggested, float(q)) for i, _, path, given, suggested, q
+            in found]
+
+
+def test_panel_static_copy_lists_the_pending_issues_worst_first(tmp_path, digits_run):
+    """Without a kernel (nbconvert, the course book) the panel shows its status line and the
+    first pending label issues, worst first, as text/html beside the live widget."""
+    _, x, nz, sub = digits_run
+    issues = label_issues.examine_labels(nz.noisy, x)
+    names = [f"<digit {c}>" for c in range(10)]  # escaped, never read as markup
+    paths = [f"folder/{c}/img_{i}&.png" for i, c in enumerate(nz.noisy)]
+    with review.Review(issues, tmp_path / "r.jsonl", class_names=names) as rev:
+        panel = review_panel.ReviewPanel(rev, sub.train_images, paths=paths)
+        expected = rev.pending()
+        assert len(expected) > 10
+
+        def rows_of(samples):
+            return [(int(i), html.escape(paths[i]), html.escape(names[nz.noisy[i]]),
+                     html.escape(names[issues.suggested_label[i]]),
+                     round(float(issues.label_quality[i]), 3)) for i in samples]
+
+        static = panel.static_html()
+        assert _static_rows(panel) == rows_of(expected[:8])
+        assert html.escape(panel.status()) in static and f"0 of {rev.n_issues}" in static
+        assert f"and {len(expected) - 8} more pending" in static
+        assert "make lab" in static and "python -m moit_explore review RUN_DIR --log" in static
+        assert "<digit" not in static and "&lt;digit" in static
+        # a decision moves the copy on: the decided issue leaves, the next one comes in
+        first = int(expected[0])
+        panel.accept()
+        assert _static_rows(panel) == rows_of(expected[1:9])
+        assert f"1 of {rev.n_issues} label issues decided" in panel.static_html()
+        assert f'data-sample="{first}"' not in panel.static_html()
+        assert [r[0] for r in STATIC_ROW.findall(panel.static_html(max_rows=1000))] == [
+            str(i) for i in rev.pending()]
+        # the notebook's output: the live widget for JupyterLab, the static copy for the rest
+        bundle = panel._repr_mimebundle_()
+        assert "application/vnd.jupyter.widget-view+json" in bundle
+        assert bundle["text/html"] == panel.static_html()
+        assert panel._html.value == html.escape(panel.status())
+        rev.accept_suggested(rev.n_issues)
+        done = panel.static_html()
+        assert "every label issue is decided" in done and not STATIC_ROW.search(done)
+
+
+def test_panel_button_on_a_closed_review_says_so(tmp_path, digits_run):
+    _, x, nz, sub = digits_run
+    issues = label_issues.examine_labels(nz.noisy, x)
+    rev = review.Review(issues, tmp_path / "r.jsonl")
+    panel = review_panel.ReviewPanel(rev, sub.train_images)
+    panel.widget()
+    rev.close()
+    panel._keep.click()  # a click must not fail silently in JupyterLab's log console
+    assert "is closed" in panel._html.value and "run the cell" in panel._html.value
+    assert rev.n_decided == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        panel.keep()
 
 
 def test_cli_review_accepts_exports_and_refuses_a_second_review(tmp_path, digits_run, digits,

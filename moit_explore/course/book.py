@@ -3,11 +3,13 @@
 ``python -m moit_explore.course.book [--out build/book] [--mode auto|full|smoke]`` executes the
 six notebooks (full mode when every full-mode course run is already in the run cache, which
 ``make course`` prepares; otherwise smoke mode), converts each to one self-contained HTML page
-(figures inline) and writes an index page. Every page starts with a line saying the mode, the
-date and how long its notebook took to execute here. The exercises' answers stay collapsed
-(they are ``<details>`` blocks in the notebooks). Widget panels show their static copy (the
-metrics line and the figure at the starting value, see ``widgets._Panel.static_html``): moving
-their controls needs a kernel, in ``make lab``. Nothing outside ``--out`` is written.
+(figures inline) and writes an index page; the executed notebooks (their widgets' saved state
+in their metadata) go to ``notebooks/`` beside the pages. Every page starts with a line saying
+the mode, the date and how long its notebook took to execute here. The exercises' answers stay
+collapsed (they are ``<details>`` blocks in the notebooks). Widget panels show their static
+copy (the metrics line and the figure at the starting value, see ``widgets._Panel.static_html``;
+the review panel its queue): moving their controls needs a kernel, in ``make lab``. Nothing
+outside ``--out`` is written.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ STATIC_PRIORITY = ["text/html", "text/markdown", "image/svg+xml", "image/png", "
 
 @dataclass
 class BookPage:
-    """One executed notebook: its file name, title, page, mode and execution time (s)."""
+    """One executed notebook: its file name, title, page, mode, execution time (s) and the
+    executed notebook's path in the book (outputs and widget state saved)."""
 
     notebook: str
     title: str
     page: str
     mode: str
     seconds: float
+    executed: str
 
 
 def notebooks(root: Path | None = None) -> list[Path]:
@@ -91,7 +95,9 @@ def _execute(path: Path, smoke: bool, timeout: int) -> tuple[dict, float]:
         os.environ["MOIT_SMOKE"] = "1"
     try:
         t0 = time.perf_counter()
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        # store_widget_state: the executed notebook keeps its panels' widget state in its
+        # metadata, where JupyterLab and nbviewer-like readers can restore it without a kernel
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         seconds = time.perf_counter() - t0
     finally:
@@ -101,7 +107,7 @@ def _execute(path: Path, smoke: bool, timeout: int) -> tuple[dict, float]:
     return nb, seconds
 
 
-def _banner(mode: str, seconds: float, smoke_reason: str) -> str:
+def _banner(mode: str, seconds: float, smoke_reason: str, executed: str) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.machine()}, {os.cpu_count()} CPU threads, {platform.system()}"
     text = (f"> **Executed in {mode} mode** on {when}; this notebook took **{seconds:.0f} s** to "
@@ -109,7 +115,9 @@ def _banner(mode: str, seconds: float, smoke_reason: str) -> str:
     if mode == "smoke":
         text += f" {smoke_reason}"
     return text + (" Panels show a static copy at their starting value: to move their "
-                   "controls, open the notebook in JupyterLab (`make lab`).")
+                   "controls, open the notebook in JupyterLab (`make lab`). The executed "
+                   f"notebook, with its outputs and its widgets' saved state: [{executed}]"
+                   f"({executed}).")
 
 
 def build_book(out: str | Path = "build/book", *, mode: str = "auto", timeout: int = 3600,
@@ -143,13 +151,17 @@ def build_book(out: str | Path = "build/book", *, mode: str = "auto", timeout: i
         nb, seconds = _execute(path, smoke, timeout)
         seconds = round(seconds, 1)  # one value for the page and book.json
         label = "smoke" if smoke else "full"
-        nb.cells.insert(1, nbformat.v4.new_markdown_cell(_banner(label, seconds, reason)))
+        executed = f"notebooks/{path.name}"
+        nb.cells.insert(1, nbformat.v4.new_markdown_cell(
+            _banner(label, seconds, reason, executed)))
+        (out / "notebooks").mkdir(exist_ok=True)
+        nbformat.write(nb, out / executed)
         body, _ = exporter.from_notebook_node(nb)
         page = path.stem + ".html"
         # links between notebooks point at their pages
         body = re.sub(r'href="(0[^"/]*)\.ipynb', r'href="\1.html', body)
         (out / page).write_text(body, encoding="utf-8")
-        pages.append(BookPage(path.name, _title(nb, path.stem), page, label, seconds))
+        pages.append(BookPage(path.name, _title(nb, path.stem), page, label, seconds, executed))
     _write_index(out, pages)
     (out / "book.json").write_text(json.dumps([p.__dict__ for p in pages], indent=1) + "\n")
     return pages

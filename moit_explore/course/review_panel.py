@@ -5,6 +5,8 @@ prompt for the terminal (``python -m moit_explore review``). Both only call the
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 from collections.abc import Callable
 from typing import Any
@@ -115,11 +117,22 @@ class ReviewPanel:
 
     def _decide(self, action: Callable[[int], str]) -> str | None:
         i = self.current
-        if i is None:
+        if i is None:  # decided meanwhile (in code, say): show that instead of a stale image
+            self._redraw()
             return None
         kind = action(i)
         self._redraw()
         return kind
+
+    def _click(self, action: Callable[[], Any]) -> None:
+        """A button's action; a refusal (a closed review, say) shows in the panel, where the
+        user looks, instead of in JupyterLab's log console."""
+        try:
+            action()
+        except (RuntimeError, ValueError) as err:
+            self._html.value = (f'<span class="moit-review-error" style="color: #b00">'
+                                f"{html.escape(str(err))}: run the cell that opens the review "
+                                "and this panel again</span>")
 
     def accept(self) -> str | None:
         """Give the current image its suggested label."""
@@ -151,9 +164,10 @@ class ReviewPanel:
                                                enumerate(self.review.class_names)],
                                       description="other class")
             self._set = w.Button(description="set label")
-            self._accept.on_click(lambda _b: self.accept())
-            self._keep.on_click(lambda _b: self.keep())
-            self._set.on_click(lambda _b: self.relabel(int(self._choice.value)))
+            self._accept.on_click(lambda _b: self._click(self.accept))
+            self._keep.on_click(lambda _b: self._click(self.keep))
+            self._set.on_click(lambda _b: self._click(
+                lambda: self.relabel(int(self._choice.value))))
             self._ui = w.VBox([self._image, self._html,
                                w.HBox([self._accept, self._keep, self._choice, self._set])])
             self._redraw()
@@ -163,7 +177,7 @@ class ReviewPanel:
         if self._ui is None:
             return
         i = self.current
-        self._html.value = self.status()
+        self._html.value = html.escape(self.status())
         done = i is None
         for button in (self._accept, self._keep, self._set):
             button.disabled = done
@@ -173,4 +187,39 @@ class ReviewPanel:
             self._keep.description = f"keep {_describe(self.review, i)[0]}"
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget()._repr_mimebundle_(**kwargs)
+        bundle = self.widget()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):  # JupyterLab shows the live widget (it ranks first)
+            bundle = {**bundle, "text/html": self.static_html()}
+        return bundle
+
+    def static_html(self, max_rows: int = 8) -> str:
+        """The review as it stands, without a kernel: the status line and the first
+        ``max_rows`` pending label issues, worst first, each with its image, given and
+        suggested label and label quality. Displayed beside the live widget, for readers of an
+        executed notebook (nbconvert's HTML, the course book), who cannot press the buttons."""
+        pending = self.review.pending()
+        rows = []
+        for i in pending[:max(0, int(max_rows))]:
+            i = int(i)
+            given, suggested, quality = _describe(self.review, i)
+            png = base64.b64encode(_png(self.images[i], self.scale)).decode("ascii")
+            where = (f"<br><code>{html.escape(str(self.paths[i]))}</code>"
+                     if self.paths is not None else "")
+            rows.append(f'<tr class="moit-review-issue" data-sample="{i}">'
+                        f'<td><img alt="sample {i}" src="data:image/png;base64,{png}"></td>'
+                        f"<td>{i}{where}</td><td>{html.escape(given)}</td>"
+                        f"<td>{html.escape(suggested)}</td><td>{quality:.3f}</td></tr>")
+        table = ""
+        if rows:
+            more = (f"<p>(and {len(pending) - len(rows)} more pending)</p>"
+                    if len(pending) > len(rows) else "")
+            table = ('<table class="moit-review-table"><thead><tr><th>image</th><th>sample'
+                     "</th><th>given</th><th>suggested</th><th>label quality</th></tr></thead>"
+                     f"<tbody>{''.join(rows)}</tbody></table>{more}")
+        log = html.escape(str(self.review.log))
+        return (f'<div class="moit-static-panel moit-review-static"><p>'
+                f"{html.escape(self.status())}</p>{table}"
+                "<p><em>(a static copy: deciding needs a kernel, in JupyterLab (<code>make lab"
+                "</code>) or on the command line: <code>python -m moit_explore review RUN_DIR "
+                f"--log review.jsonl</code>; this review's log: <code>{log}</code>)</em></p>"
+                "</div>")
