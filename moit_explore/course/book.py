@@ -120,6 +120,24 @@ def _banner(mode: str, seconds: float, smoke_reason: str, executed: str) -> str:
                    f"({executed}).")
 
 
+def _local_mathjax(out: Path) -> str:
+    """Copy MathJax (the ``jupyter-server-mathjax`` package's) into ``out``/_static/mathjax and
+    return the pages' URL for it: formulas render offline, where the exporter's default (a
+    CDN) leaves them as LaTeX source."""
+    import shutil
+
+    try:
+        import jupyter_server_mathjax
+    except ImportError as err:
+        raise ImportError("make book needs jupyter-server-mathjax (MathJax for offline pages): "
+                          "pip install -e '.[notebooks]'") from err
+    source = Path(jupyter_server_mathjax.__file__).parent / "static"
+    target = out / "_static" / "mathjax"
+    if not (target / "MathJax.js").is_file():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    return "_static/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
+
+
 def build_book(out: str | Path = "build/book", *, mode: str = "auto", timeout: int = 3600,
                root: Path | None = None, progress: bool = True) -> list[BookPage]:
     """Execute every course notebook and write ``out``/index.html and one page per notebook.
@@ -141,7 +159,8 @@ def build_book(out: str | Path = "build/book", *, mode: str = "auto", timeout: i
     from traitlets.config import Config
 
     # the output filter reads its priority from the configuration, not from the exporter
-    exporter = HTMLExporter(template_name="lab", config=Config(
+    exporter = HTMLExporter(template_name="lab", mathjax_url=_local_mathjax(out),
+                            config=Config(
         {"NbConvertBase": {"display_data_priority": STATIC_PRIORITY},
          "HTMLExporter": {"display_data_priority": STATIC_PRIORITY}}))
     pages: list[BookPage] = []
