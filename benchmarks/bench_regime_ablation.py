@@ -44,6 +44,8 @@ LEVERS: dict[str, dict] = {
     # MOIT-only probes of the late decay on the padded input (one seed: a direction)
     "pad2-no-correction": dict(pad_inputs=2, correction_start=60),
     "pad2-simple-aug": dict(pad_inputs=2, augment="simple"),
+    # the detector's k (issue 18's target 2): wider neighbourhoods, for every method alike
+    "pad2-k200": dict(pad_inputs=2, k=200),
 }
 CURVE_EPOCHS = (1, 5, 10, 20, 30, 31, 35, 40, 45, 50, 60)
 
@@ -153,6 +155,42 @@ def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_p
                       f"{r['test']:.3f} |")
 
 
+def redetect(levers: list[str], seeds: list[int], settings, runs_root: str, trial_prefix: str,
+             methods: tuple[str, ...], ks: list[int]) -> None:
+    """The spec's detection run again on each finished run's final embedding with other k
+    (no training): AUROC and F1 of the noisy samples set aside, mean ± std over seeds, and
+    per seed. Only the detector's k changes; the embedding is the one trained with the run's
+    own k."""
+    from moit_explore.maths import detection
+
+    print("| setting | lever | method | k | seeds | AUROC | F1 | AUROC per seed | F1 per seed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind, rate in settings:
+        for lever in levers:
+            for method in methods:
+                for k in ks:
+                    got = []
+                    for seed in seeds:
+                        d = regime_search.run_dir_of(runs_root, f"{trial_prefix}{lever}",
+                                                     method, kind, rate, seed)
+                        if not (d / "embeddings" / "final.npz").is_file():
+                            continue
+                        fin = runs.load_run(d).final()
+                        det = detection.detect_noise(fin["features"], fin["labels_given"],
+                                                     int(fin["soft_labels"].shape[1]), k=k)
+                        noisy = fin["labels_given"] != fin["labels_true"]
+                        r = detection.detection_metrics(np.asarray(det.clean), noisy,
+                                                        np.asarray(det.discrepancy))
+                        got.append((seed, r["auroc"], r["f1"]))
+                    if not got:
+                        continue
+                    print(f"| {kind} {round(rate * 100)}% | {lever} | {method} | {k} | "
+                          f"{','.join(str(s) for s, _, _ in got)} | "
+                          f"{_fmt([a for _, a, _ in got])} | {_fmt([f for _, _, f in got])} | "
+                          f"{' / '.join(f'{a:.3f}' for _, a, _ in got)} | "
+                          f"{' / '.join(f'{f:.3f}' for _, _, f in got)} |", flush=True)
+
+
 def step_speed(rounds: int = 3, seconds: float = 4.0) -> dict[str, float]:
     """Training-step throughput (images/s, best of ``rounds``) of cpu-demo's small CNN on each
     input shape, one thread, batch 256, the shapes interleaved so that a loaded machine slows
@@ -199,6 +237,9 @@ def main() -> None:
                     help="methods to tabulate (runs of regime_search.py under the same trial "
                          "names, e.g. moit,ce: CE's detection is the same detector on its "
                          "encoder features)")
+    ap.add_argument("--redetect-k", default=None, metavar="K,K,...",
+                    help="no training: run the detection again on the final embeddings of the "
+                         "levers' runs with each k")
     ap.add_argument("--step-speed", action="store_true",
                     help="only time a training step on each input shape")
     args = ap.parse_args()
@@ -212,6 +253,11 @@ def main() -> None:
         raise SystemExit(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = regime_search.parse_settings(args.settings)
+    if args.redetect_k:
+        torch.set_num_threads(args.threads)
+        redetect(levers, seeds, settings, args.runs_root, args.trial_prefix,
+                 tuple(args.methods.split(",")), [int(k) for k in args.redetect_k.split(",")])
+        return
     if not args.table_only:
         torch.set_num_threads(args.threads)
         for kind, rate in settings:
