@@ -29,12 +29,23 @@ included); mean and standard deviation over the noise seeds.
 labels known): the package, cleanlab with out-of-fold logistic-regression ``pred_probs`` on the
 same embedding, and the run's own training selection ("not selected for training", for
 reference: it is not a verdict on labels).
+
+``--runs ... --cnn-folds 5``: also cleanlab's usual pipeline on images, per run: the run's
+own network (the config's arch, width, input preparation and normalisation, optimiser, LR
+schedule, batch size, weight decay and epochs; ``moit_explore.training.train`` on the fold's
+data) trained with plain cross-entropy (``method="ce"``, the run's seed) on the given labels
+of 4/5 of the run's training images, its softmax on the held-out 1/5, for 5 folds stratified
+on the given labels (seed 0): out-of-fold ``pred_probs`` into ``cleanlab.filter.
+find_label_issues`` and ``cleanlab.rank.get_label_quality_scores`` (defaults). Seconds: the
+5 trainings. ``--cnn-epochs`` shortens the trainings (a smoke test; not cleanlab's pipeline).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -101,7 +112,78 @@ def cleanlab_pipeline(x: np.ndarray, given: np.ndarray,
     return flagged, quality, time.perf_counter() - t0
 
 
-def on_runs(paths: list[str]) -> None:
+def cnn_pred_probs(path: str, folds: int, epochs: int | None = None,
+                   fold_seed: int = 0) -> tuple[np.ndarray, float]:
+    """Out-of-fold softmax of the run's own network trained with cross-entropy (``folds``
+    stratified folds of its training images, on their given labels); (pred_probs, seconds)."""
+    from moit_explore.maths import augment, models  # noqa: PLC0415
+    from moit_explore.maths.noise import NoisyLabels, realised_transition  # noqa: PLC0415
+    from moit_explore.training import engine, runs, train  # noqa: PLC0415
+    from moit_explore.training.config import TrainConfig  # noqa: PLC0415
+    from moit_explore.training.pipelines import to_nchw  # noqa: PLC0415
+
+    run = runs.load_run(path)
+    final = run.final()
+    given = np.asarray(final["labels_given"], dtype=np.int64)
+    true = np.asarray(final["labels_true"], dtype=np.int64)
+    if run.noise is not None and not np.array_equal(run.noise.noisy, given):
+        raise ValueError(f"{path}: the final file's given labels are not the run's noise record")
+    bundle = run.dataset()  # the run's subset, padded / 3 channels, its normalisation
+    if len(bundle.train_labels) != len(given) or not np.array_equal(bundle.train_labels, true):
+        raise ValueError(f"{path}: the reloaded images are not the run's training images")
+    cfg = TrainConfig.from_dict(run.config)
+    c = bundle.num_classes
+    pred_probs = np.full((len(given), c), np.nan)
+    split = StratifiedKFold(folds, shuffle=True, random_state=fold_seed)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cnn-folds-") as tmp:
+        for f, (tr, ho) in enumerate(split.split(np.zeros(len(given)), given)):
+            t_fold = time.perf_counter()
+            # the held-out fifth is the fold's "test set" (its accuracy, against the true
+            # labels, lands in the fold's metrics); normalisation: the whole subset's, as the
+            # run's
+            fold = dataclasses.replace(
+                bundle, train_images=bundle.train_images[tr], train_labels=true[tr],
+                test_images=bundle.train_images[ho], test_labels=true[ho], train_coarse=None,
+                test_coarse=None, given_train_labels=None, train_paths=None)
+            noisy = NoisyLabels(noisy=given[tr].copy(), clean=true[tr].copy(),
+                                is_noisy=given[tr] != true[tr],
+                                transition=realised_transition(true[tr], given[tr], c),
+                                kind="file", rate=float(np.mean(given[tr] != true[tr])), seed=-1)
+            fcfg = cfg.replace(method="ce", noise="none", rate=0.0, noise_file=None,
+                               detect="off", snapshot_epochs=(), overwrite=True, progress=False,
+                               runs_root=tmp, name=f"fold{f}", device="cpu",
+                               **({"epochs": epochs} if epochs else {}))
+            out = train.train(fcfg, data=(fold, noisy), out_dir=Path(tmp) / f"fold{f}")
+            state = runs.load_checkpoint(out / runs.CHECKPOINT_FILE)
+            model = models.build_model(cfg.arch, c, bundle.image_shape[2], width=cfg.width,
+                                       projection=cfg.projection, embed_dim=cfg.embed_dim,
+                                       shortcut=cfg.shortcut)
+            model.load_state_dict(state["model"])
+            logits, _, _ = engine.embed(model, to_nchw(fold.test_images, torch.device("cpu")),
+                                        augment.Normalize(bundle.mean, bundle.std),
+                                        cfg.eval_batch_size)
+            pred_probs[ho] = torch.softmax(logits, dim=1).numpy()
+            pred = pred_probs[ho].argmax(1)
+            fit = float(runs.read_metrics(out)["train_acc_given"].iloc[-1])
+            print(f"    {Path(path).name}, fold {f + 1}/{folds}: held-out accuracy against the "
+                  f"true labels {np.mean(pred == true[ho]):.3f}, against the given "
+                  f"{np.mean(pred == given[ho]):.3f}; given labels fitted {fit:.3f}; "
+                  f"{time.perf_counter() - t_fold:.0f} s", flush=True)
+    return pred_probs, time.perf_counter() - t0
+
+
+def cleanlab_on(pred_probs: np.ndarray, given: np.ndarray,
+                seconds: float) -> tuple[np.ndarray, np.ndarray, float]:
+    import cleanlab  # noqa: PLC0415 -- benchmark-only dependency
+
+    t0 = time.perf_counter()
+    flagged = cleanlab.filter.find_label_issues(given, pred_probs)
+    quality = cleanlab.rank.get_label_quality_scores(given, pred_probs)
+    return flagged, quality, seconds + time.perf_counter() - t0
+
+
+def on_runs(paths: list[str], cnn_folds: int = 0, cnn_epochs: int | None = None) -> None:
     from moit_explore.training import runs  # noqa: PLC0415
 
     print("| run | method | flagged | precision | recall | F1 | AUROC | correct labels flagged "
@@ -115,6 +197,11 @@ def on_runs(paths: list[str]) -> None:
         noisy = given != true
         name = f"{Path(path).name} ({len(given)} images, {noisy.mean():.0%} wrong)"
         rows = {"package": package(x, given), "cleanlab": cleanlab_pipeline(x, given, 0)}
+        if cnn_folds:
+            pred_probs, secs = cnn_pred_probs(path, cnn_folds, cnn_epochs)
+            label = (f"cleanlab, out-of-fold CE CNN ({cnn_folds} folds"
+                     + (f", {cnn_epochs} epochs" if cnn_epochs else "") + ")")
+            rows[label] = cleanlab_on(pred_probs, given, secs)
         if "clean" in final:
             rows["not selected for training"] = (~final["clean"].astype(bool),
                                                  -final["discrepancy"], float("nan"))
@@ -141,10 +228,18 @@ def main() -> None:
     ap.add_argument("--components", type=int, default=64)
     ap.add_argument("--runs", nargs="+", metavar="RUN_DIR", default=None,
                     help="compare on these runs' final embeddings instead")
+    ap.add_argument("--cnn-folds", type=int, default=0, metavar="K",
+                    help="with --runs: also cleanlab on out-of-fold pred_probs of the run's "
+                         "network trained with cross-entropy on K folds (cleanlab: 5)")
+    ap.add_argument("--cnn-epochs", type=int, default=None,
+                    help="with --cnn-folds: train each fold this many epochs (default: the "
+                         "run's)")
     args = ap.parse_args()
+    if args.cnn_folds and not args.runs:
+        ap.error("--cnn-folds needs --runs")
     torch.set_num_threads(1)
     if args.runs:
-        on_runs(args.runs)
+        on_runs(args.runs, args.cnn_folds, args.cnn_epochs)
         return
     t_all = time.perf_counter()
     full = datasets.load_dataset("fashion-mnist", download=False)
