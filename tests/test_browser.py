@@ -416,22 +416,28 @@ CELL_IMAGES_JS = """
 """
 
 
+def _wait_for_cells(page, what: str, done) -> None:
+    """Poll until ``done()`` holds several times in a row (between two cells the kernel is idle
+    too), failing at once when a cell shows a traceback, or after NOTEBOOK_RUN_S."""
+    traceback = page.locator(".jp-NotebookPanel .jp-OutputArea-output",
+                             has_text="Traceback (most recent call last)").first
+    deadline = time.monotonic() + NOTEBOOK_RUN_S
+    done_polls = 0
+    while done_polls < 4:
+        if traceback.is_visible():
+            raise AssertionError(f"a notebook cell raised:\n{traceback.inner_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not finish in {NOTEBOOK_RUN_S}s")
+        done_polls = done_polls + 1 if done() else 0
+        page.wait_for_timeout(500)
+
+
 def _run_all(page, server: LabServer, notebook: str) -> list[dict]:
     """Open ``notebook``, Run All Cells, wait for the end (failing at once on an error), and
     return CELL_IMAGES_JS's counts once every image has loaded."""
     _open(page, server, notebook)
     _run_all_cells(page)
-    traceback = page.locator(".jp-NotebookPanel .jp-OutputArea-output",
-                             has_text="Traceback (most recent call last)").first
-    deadline = time.monotonic() + NOTEBOOK_RUN_S
-    done_polls = 0
-    while done_polls < 4:  # several polls in a row: between two cells the kernel is idle too
-        if traceback.is_visible():
-            raise AssertionError(f"a notebook cell raised:\n{traceback.inner_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{notebook} did not finish in {NOTEBOOK_RUN_S}s")
-        done_polls = done_polls + 1 if page.evaluate(RUN_DONE_JS) else 0
-        page.wait_for_timeout(500)
+    _wait_for_cells(page, notebook, lambda: page.evaluate(RUN_DONE_JS))
     deadline = time.monotonic() + WIDGET_REACT_S
     while True:
         cells = page.evaluate(CELL_IMAGES_JS)
@@ -607,18 +613,8 @@ def _run_cells(page, item: str, active: int, first: int, last: int, attempts: in
         except PlaywrightTimeout:
             if attempt == attempts - 1:
                 raise AssertionError(f"Run > {item} did not start ({attempts} attempts)") from None
-    traceback = page.locator(".jp-NotebookPanel .jp-OutputArea-output",
-                             has_text="Traceback (most recent call last)").first
-    deadline = time.monotonic() + NOTEBOOK_RUN_S
-    done_polls = 0
-    while done_polls < 4:  # several polls in a row: between two cells the kernel is idle too
-        if traceback.is_visible():
-            raise AssertionError(f"a notebook cell raised:\n{traceback.inner_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"cells {first}-{last} did not finish in {NOTEBOOK_RUN_S}s")
-        done_polls = done_polls + 1 if page.evaluate(CELLS_DONE_JS, [first, last, since]) and \
-            not running.is_visible() else 0
-        page.wait_for_timeout(500)
+    _wait_for_cells(page, f"cells {first}-{last}", lambda: page.evaluate(
+        CELLS_DONE_JS, [first, last, since]) and not running.is_visible())
 
 
 def _cell_index(notebook: str, needle: str) -> int:
