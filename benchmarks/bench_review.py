@@ -42,12 +42,10 @@ def last_test_acc(path: Path) -> float:
     return float(runs.load_run(path).metrics["test_acc"].iloc[-1])
 
 
-def finished_run(path: Path) -> bool:
-    """A run directory whose training wrote its final embedding and all its epochs."""
-    if not (path / runs.EMBEDDINGS_DIR / runs.FINAL_FILE).is_file():
-        return False
-    run = runs.load_run(path)
-    return len(run.metrics) == int(run.config["epochs"])
+def finished_run(run: runs.Run) -> bool:
+    """A run whose training wrote its final embedding and all its epochs."""
+    return ((run.path / runs.EMBEDDINGS_DIR / runs.FINAL_FILE).is_file()
+            and len(run.metrics) == int(run.config["epochs"]))
 
 
 def find_baseline(root: Path, cfg: config.TrainConfig) -> Path | None:
@@ -63,13 +61,13 @@ def find_baseline(root: Path, cfg: config.TrainConfig) -> Path | None:
         diff = config.config_differences(saved, expected)
         if str(Path(saved.get("data_root", "")).expanduser().resolve()) != data_root:
             diff.append("data_root")
-        if not diff and not finished_run(path):
+        run = runs.load_run(path) if not diff else None
+        if run is not None and not finished_run(run):
             diff.append("(not finished)")
         if not diff:
             if given is None:
                 given = datasets.load_data(cfg, download=False)[1].noisy
-            noise = runs.load_run(path).noise
-            if noise is None or not np.array_equal(noise.noisy, given):
+            if run.noise is None or not np.array_equal(run.noise.noisy, given):
                 diff.append("(given labels)")
         if not diff:
             print(f"  reusing {path} as the {cfg.method.upper()} baseline", flush=True)

@@ -165,6 +165,7 @@ def build_book(out: str | Path = "build/book", *, mode: str = "auto", timeout: i
          "HTMLExporter": {"display_data_priority": STATIC_PRIORITY}}))
     pages: list[BookPage] = []
     paths = notebooks(root)
+    (out / "notebooks").mkdir(exist_ok=True)
     for path in tqdm(paths, desc="book: executing notebooks", unit="notebook",
                      disable=not progress):
         nb, seconds = _execute(path, smoke, timeout)
@@ -173,7 +174,6 @@ def build_book(out: str | Path = "build/book", *, mode: str = "auto", timeout: i
         executed = f"notebooks/{path.name}"
         nb.cells.insert(1, nbformat.v4.new_markdown_cell(
             _banner(label, seconds, reason, executed)))
-        (out / "notebooks").mkdir(exist_ok=True)
         nbformat.write(nb, out / executed)
         body, _ = exporter.from_notebook_node(nb)
         page = path.stem + ".html"
