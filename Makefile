@@ -80,7 +80,7 @@ test-course-full: $(STAMP) data
 	echo "run cache: $$cache" && \
 	$(HEADLESS) env -u MOIT_SMOKE MOIT_SEED=$(COURSE_SEED) OMP_NUM_THREADS=$(COURSE_THREADS) \
 	  MKL_NUM_THREADS=$(COURSE_THREADS) MOIT_COURSE_RUNS=$$cache \
-	  $(PY) -m pytest -q --nbmake --nbmake-timeout=3600 notebooks -p no:cacheprovider
+	  $(PY) -m pytest -q --nbmake --nbmake-timeout=7200 notebooks -p no:cacheprovider
 
 # the course to read without a kernel: full mode when `make course` has filled the run cache,
 # else smoke mode (each page says which, and its execution time); build/ is not tracked

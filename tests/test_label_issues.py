@@ -295,3 +295,17 @@ def test_ahead_of_cleanlab_on_the_same_features(fmnist_pca, kind, seed):
     quality = cleanlab.rank.get_label_quality_scores(nz.noisy, pred_probs)
     assert f1_score(nz.is_noisy, res.is_label_issue) > f1_score(nz.is_noisy, flagged)
     assert roc_auc_score(nz.is_noisy, -res.label_quality) > roc_auc_score(nz.is_noisy, -quality)
+
+
+def test_k_shrinks_to_half_the_median_class():
+    """A k sized for a large data set votes within a class on a small one: half the median class
+    size (the median, so one tiny class does not shrink it), never below 1."""
+    from moit_explore.maths import validation
+
+    y = np.repeat([0, 1, 2], [40, 10, 30])
+    assert validation.k_within_classes(250, y) == 15
+    assert validation.k_within_classes(5, y) == 5
+    assert validation.k_within_classes(250, [0, 1]) == 1
+    assert validation.default_k(y) == 15 and label_issues.default_k(y) == 5
+    with pytest.raises(ValueError, match="at least 2"):
+        validation.k_within_classes(3, [0])

@@ -60,14 +60,14 @@ def test_moit_plus_cache_follows_its_fine_tuning_settings(cache):
 
 def test_a_folder_run_records_the_folder_it_trained_on(cache, tmp_path, digits):
     """config.json names the image folder, so run.dataset() reloads those images (not the
-    preset's data set)."""
+    preset's data set), and the preset's k shrinks to half a class of the folder."""
     from PIL import Image
 
     from moit_explore.training import datasets
 
     folder = tmp_path / "images"
     for c in (0, 1):
-        for i in np.flatnonzero(digits.train_labels == c)[:30]:
+        for i in np.flatnonzero(digits.train_labels == c)[:16]:
             path = folder / f"digit{c}" / f"img{i:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(digits.train_images[i, :, :, 0]).save(path)
@@ -76,7 +76,7 @@ def test_a_folder_run_records_the_folder_it_trained_on(cache, tmp_path, digits):
                             batch_size=16)
     assert run.config["dataset"] == f"imagefolder:{folder}"
     assert run.config["image_size"] == 8 and run.config["image_channels"] == 1
-    assert run.k == presets.preset("smoke").k
+    assert presets.preset("smoke").k == 10 and run.k == 8  # 16 images a class
     again = run.dataset()
     assert again.name == bundle.name and again.train_paths == bundle.train_paths
     np.testing.assert_array_equal(again.train_images, bundle.train_images)

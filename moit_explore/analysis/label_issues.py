@@ -58,6 +58,7 @@ from moit_explore.maths.validation import (
     check_labels,
     check_mask,
     check_num_classes,
+    k_within_classes,
     resolve_k,
 )
 from moit_explore.training import rundir, runs
@@ -90,12 +91,7 @@ def default_k(labels: Any) -> int:
     """k of the label-issue search: round(sqrt(N) / 2) in [5, 100], at most half the median
     class size (a k far beyond a class's size lets other classes outvote it) and N - 1."""
     y = check_labels(labels)
-    if y.size < 2:
-        raise ValueError("kNN needs at least 2 samples")
-    sizes = np.bincount(y)
-    median = int(np.median(sizes[sizes > 0]))
-    k = min(K_MAX, max(K_MIN, int(round(np.sqrt(y.size) / 2))), median // 2, y.size - 1)
-    return max(1, k)
+    return k_within_classes(min(K_MAX, max(K_MIN, int(round(np.sqrt(y.size) / 2)))), y)
 
 
 def _not_array(value: Any, name: str) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from moit_explore.maths import noise
+from moit_explore.maths import noise, validation
 from moit_explore.training import config, datasets, engine, presets, runs, train
 from moit_explore.training.methods import get_method
 
@@ -349,15 +349,16 @@ def folder_run(bundle: datasets.DatasetBundle, preset: str | None = None, *,
     target = runs_dir() / "folders" / f"{preset_name}-{digest.hexdigest()[:12]}"
     height, _, channels = bundle.image_shape
     # a small folder (2 classes of 80 images, 3 of 30) trains as it is: a batch no larger than
-    # the folder, and a memory that holds two batches of embeddings (train's check)
+    # the folder, and a memory that holds two batches of embeddings (train's check); the
+    # preset's k is sized for its own data set, so it shrinks with the folder's classes
     p = presets.preset(preset_name)
     batch = min(p.batch_size, len(labels))
     fitted = {"batch_size": batch,
-              "xbm_per_class": max(p.xbm_per_class, -(-batch // bundle.num_classes))}
+              "xbm_per_class": max(p.xbm_per_class, -(-batch // bundle.num_classes)),
+              "k": validation.k_within_classes(p.k, labels)}
     settings = {**fitted, "method": "moit", "noise": "none", "rate": 0.0, "n_train": None,
                 "n_test": None, "dataset": bundle.name, "image_size": height,
-                "image_channels": channels, "pad_inputs": 0, "gray_to_rgb": False,
-                "k": min(presets.preset(preset_name).k, len(labels) - 1), **overrides}
+                "image_channels": channels, "pad_inputs": 0, "gray_to_rgb": False, **overrides}
     expected = presets.preset(preset_name, **settings).to_dict()
     if not _cached(target, expected):
         # no noise to inject: the folder labels are what the detector questions

@@ -34,6 +34,7 @@ __all__ = [
     "check_mask",
     "check_num_classes",
     "default_k",
+    "k_within_classes",
     "resolve_k",
 ]
 
@@ -113,11 +114,10 @@ def check_k(k: Any, n: int, *, k_max: int | None = None, self_excluded: bool = T
     return k
 
 
-def default_k(labels: Any) -> int:
-    """k when no run is at hand: :data:`DEFAULT_K` (the paper's 250), at most half the median
-    class size and at most N - 1.
+def k_within_classes(k: int, labels: Any) -> int:
+    """``k`` capped at half the median class size of ``labels`` and at N - 1 (at least 1).
 
-    On small data sets a k larger than a class would vote with other classes, so k shrinks
+    A k larger than a class would vote with other classes, so on small data sets k shrinks
     with the classes.
     """
     y = check_labels(labels)
@@ -125,7 +125,13 @@ def default_k(labels: Any) -> int:
         raise ValueError("kNN needs at least 2 samples")
     sizes = np.bincount(y)
     sizes = sizes[sizes > 0]
-    return int(max(1, min(DEFAULT_K, int(np.median(sizes)) // 2, y.size - 1)))
+    return int(max(1, min(int(k), int(np.median(sizes)) // 2, y.size - 1)))
+
+
+def default_k(labels: Any) -> int:
+    """k when no run is at hand: :data:`DEFAULT_K` (the paper's 250), within the classes
+    (:func:`k_within_classes`)."""
+    return k_within_classes(DEFAULT_K, labels)
 
 
 def resolve_k(k: Any, labels: Any, n: int, *, k_max: int | None = None,
