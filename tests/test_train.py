@@ -192,6 +192,10 @@ def test_invalid_config_fails_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="k=1437"):
         train.train(smoke(tmp_path, n_train=None, k=1437, name="bigk"))
     assert not (tmp_path / "bigk").exists()
+    # and against the given labels' classes: smoke's 400 images hold about 40 a class
+    with pytest.raises(ValueError, match=r"k=60 exceeds the median class size \(\d+ training "
+                                         r"images\).*pass --k (19|20|21) "):
+        train.train(smoke(tmp_path, k=60, name="widek"))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from moit_explore.maths.noise import (
     ASYMMETRIC_DATASETS,
     DATASET_NAMES,
@@ -29,6 +31,7 @@ from moit_explore.maths.validation import (
     check_float,
     check_int,
     check_k,
+    k_within_classes,
 )
 from moit_explore.training.methods import TRAINING_METHODS, get_method
 
@@ -338,6 +341,18 @@ class TrainConfig(_Schedule):
         if self.batch_size > n:
             raise ValueError(f"batch_size={self.batch_size} exceeds the {n} training images; "
                              "pass a smaller --batch-size")
+
+    def check_class_sizes(self, labels: np.ndarray) -> None:
+        """The check that needs the given labels: k at most the median class size, else most
+        images' neighbours must come from other classes and outvote their own (a preset's k
+        is sized for its own data set; an image folder may be smaller)."""
+        sizes = np.bincount(labels)
+        median = int(np.median(sizes[sizes > 0]))
+        if self.k > median:
+            raise ValueError(f"k={self.k} exceeds the median class size ({median} training "
+                             f"images), so most images' neighbours would have to come from "
+                             f"other classes; pass --k {k_within_classes(self.k, labels)} (half "
+                             "the median class) or less")
 
 
 @dataclass

@@ -167,6 +167,7 @@ def _training_session(cfg: TrainConfig, run_dir: Path, data: tuple | None = None
         fix="train a new run with the same flags under another --name (or add --overwrite "
             "to replace this one)")
     cfg.check_training_size(len(bundle.train_labels))  # validated at the public boundary
+    cfg.check_class_sizes(noisy.noisy)
     c = bundle.num_classes
     method = get_method(cfg.method)
     if method.uses_memory:
