@@ -1,0 +1,93 @@
+"""The course's full-mode runs over seeds: the figures behind its takeaways, one row per cache.
+
+    make test-course-full COURSE_SEED=2 COURSE_THREADS=1      # fills runs/course-full-seed2-...
+    python benchmarks/bench_course_seeds.py runs/course-full-*   # one row per run cache
+
+Each argument is a run cache (``MOIT_COURSE_RUNS``) that the six notebooks trained in full mode
+(the ``cpu-demo`` preset, the course's noise draw). The table gives, per cache (seed and torch
+threads from its config and folder name): kNN accuracy against the true labels (votes with the
+given labels, the run's k) of SupCon's and ICL's final embeddings at 0 / 40 / 80 % symmetric
+noise (notebook 2); MOIT's detection F1 after the first and the last epoch and its last recall
+and AUROC at 40 % symmetric (notebook 4), CE's detection on its encoder features after the last
+epoch; last-epoch test accuracy of CE and MOIT+ at 40 % (notebook 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from moit_explore.analysis import collapse
+from moit_explore.training import runs
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+
+
+def course_runs(cache: Path, dataset: str) -> dict[tuple[str, str, int], Path]:
+    """(method, noise, rate in %) -> run directory of ``dataset``, from each run's config.json
+    (a cache may hold the smoke mode's digits runs too)."""
+    found = {}
+    for cfg_path in sorted(cache.glob("*/config.json")):
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("dataset") != dataset:
+            continue
+        found[(cfg["method"], cfg["noise"], round(float(cfg["rate"]) * 100))] = cfg_path.parent
+    return found
+
+
+def cache_row(cache: Path, dataset: str) -> dict:
+    """The figures of one run cache (missing runs are left out)."""
+    found = course_runs(cache, dataset)
+    threads = re.search(r"threads(\d+)", cache.name)
+    row: dict = {"cache": cache.name, "seed": None,
+                 "torch threads": int(threads.group(1)) if threads else "?"}
+    for method in ("supcon", "icl"):
+        for rate in (0, 40, 80):
+            if (path := found.get((method, "symmetric", rate))) is not None:
+                run = runs.load_run(path)
+                row["seed"] = run.config.get("seed")
+                row[f"{method} kNN acc {rate}%"] = collapse.run_collapse_metrics(
+                    run, run.final())["knn_acc_true"]
+    for method in ("moit", "ce"):
+        if (path := found.get((method, "symmetric", 40))) is None:
+            continue
+        m = _metrics(path)
+        row["seed"] = json.loads((path / "config.json").read_text()).get("seed")
+        row[f"{method} det F1 epoch 1"] = m[0]["det_f1"]
+        row[f"{method} det F1 last"] = m[-1]["det_f1"]
+        row[f"{method} det recall last"] = m[-1]["det_recall"]
+        row[f"{method} det AUROC last"] = m[-1]["det_auroc"]
+        row[f"{method} test acc last"] = m[-1]["test_acc"]
+        if method == "moit" and (path / "finetune" / "metrics.jsonl").is_file():
+            row["moit+ test acc last"] = _metrics(path / "finetune")[-1]["test_acc"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("caches", nargs="+", type=Path, help="run caches (MOIT_COURSE_RUNS folders)")
+    ap.add_argument("--dataset", default="fashion-mnist",
+                    help="the runs' data set (default: full mode's; digits: smoke mode's)")
+    args = ap.parse_args(argv)
+    missing = [str(c) for c in args.caches if not c.is_dir()]
+    if missing:
+        ap.error(f"not a folder: {', '.join(missing)}")
+    table = pd.DataFrame([cache_row(c, args.dataset) for c in args.caches]).set_index("cache").T
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    print("| | " + " | ".join(table.columns) + " |")
+    print("|---" * (len(table.columns) + 1) + "|")
+    for name, values in table.iterrows():
+        print(f"| {name} | " + " | ".join(fmt(v) for v in values) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
