@@ -35,6 +35,7 @@ __all__ = [
     "check_num_classes",
     "default_k",
     "k_within_classes",
+    "median_class_size",
     "resolve_k",
 ]
 
@@ -114,6 +115,12 @@ def check_k(k: Any, n: int, *, k_max: int | None = None, self_excluded: bool = T
     return k
 
 
+def median_class_size(labels: Any) -> int:
+    """The median number of samples per class of ``labels`` (classes present only)."""
+    sizes = np.bincount(check_labels(labels))
+    return int(np.median(sizes[sizes > 0]))
+
+
 def k_within_classes(k: int, labels: Any) -> int:
     """``k`` capped at half the median class size of ``labels`` and at N - 1 (at least 1).
 
@@ -123,9 +130,7 @@ def k_within_classes(k: int, labels: Any) -> int:
     y = check_labels(labels)
     if y.size < 2:
         raise ValueError("kNN needs at least 2 samples")
-    sizes = np.bincount(y)
-    sizes = sizes[sizes > 0]
-    return int(max(1, min(int(k), int(np.median(sizes)) // 2, y.size - 1)))
+    return int(max(1, min(int(k), median_class_size(y) // 2, y.size - 1)))
 
 
 def default_k(labels: Any) -> int:

@@ -14,8 +14,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from moit_explore.maths.noise import (
     ASYMMETRIC_DATASETS,
     DATASET_NAMES,
@@ -32,6 +30,7 @@ from moit_explore.maths.validation import (
     check_int,
     check_k,
     k_within_classes,
+    median_class_size,
 )
 from moit_explore.training.methods import TRAINING_METHODS, get_method
 
@@ -342,12 +341,11 @@ class TrainConfig(_Schedule):
             raise ValueError(f"batch_size={self.batch_size} exceeds the {n} training images; "
                              "pass a smaller --batch-size")
 
-    def check_class_sizes(self, labels: np.ndarray) -> None:
+    def check_class_sizes(self, labels: Any) -> None:
         """The check that needs the given labels: k at most the median class size, else most
         images' neighbours must come from other classes and outvote their own (a preset's k
         is sized for its own data set; an image folder may be smaller)."""
-        sizes = np.bincount(labels)
-        median = int(np.median(sizes[sizes > 0]))
+        median = median_class_size(labels)
         if self.k > median:
             raise ValueError(f"k={self.k} exceeds the median class size ({median} training "
                              f"images), so most images' neighbours would have to come from "
