@@ -217,7 +217,7 @@ class TrainConfig(_Schedule):
     tau: float = _f(0.1, "temperature of the contrastive losses")
     xbm_begin: int = _f(3, "the cross-batch memory is used from epoch > xbm_begin")
     xbm_per_class: int = _f(100, "memory slots per class (capacity 2 * this * classes)")
-    k: int = _f(DEFAULT_K, "neighbours of the kNN noise detection")
+    k: int = _f(DEFAULT_K, "neighbours of the kNN noise detection (at most the median class size)")
     balance: str = _f(DEFAULT_BALANCE, "class balancing of the clean selection",
                       BALANCE_CHOICES)
     correction_start: int = _f(130, "MOIT: semi-supervised classification (clean mask) from "
