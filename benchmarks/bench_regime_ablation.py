@@ -79,8 +79,9 @@ def run_row(run_dir: Path) -> dict:
 
 
 def curve(run_dir: Path) -> list[dict]:
-    """Per epoch (CURVE_EPOCHS): fit of the given labels, detection P / R / F1, and the kNN
-    accuracy against the true labels where a snapshot (or the final embedding) exists."""
+    """Per epoch (CURVE_EPOCHS): fit of the given labels, the share selected as clean and its
+    noise rate, detection P / R / F1 / AUROC, and the kNN accuracy against the true labels
+    where a snapshot (or the final embedding) exists."""
     run = runs.load_run(run_dir)
     m = run.metrics.set_index("epoch")
     k = int(run.config.get("k", 30))
@@ -96,8 +97,11 @@ def curve(run_dir: Path) -> list[dict]:
                else float("nan"))
         r = m.loc[e]
         out.append(dict(epoch=e, fit_given=float(r["train_acc_given"]), knn_true=knn,
+                        selected=float(r["det_selected_frac"]),
+                        selected_noise=float(r["det_selected_noise_rate"]),
                         precision=float(r["det_precision"]), recall=float(r["det_recall"]),
-                        f1=float(r["det_f1"]), test=float(r["test_acc"])))
+                        f1=float(r["det_f1"]), auroc=float(r["det_auroc"]),
+                        test=float(r["test_acc"])))
     return out
 
 
@@ -149,13 +153,15 @@ def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_p
     if show_curve:
         for (kind, rate, lever, seed), d in curves.items():
             print(f"\n{lever}, {kind} {round(rate * 100)}%, seed {seed} ({d}):")
-            print("| epoch | fit of given labels | kNN acc (true labels) | det precision | "
-                  "det recall | det F1 | test acc |")
-            print("|---|---|---|---|---|---|---|")
+            print("| epoch | fit of given labels | kNN acc (true labels) | selected as clean | "
+                  "noise in the selection | det precision | det recall | det F1 | det AUROC | "
+                  "test acc |")
+            print("|---" * 10 + "|")
             for r in curve(d):
                 print(f"| {r['epoch']} | {r['fit_given']:.3f} | {r['knn_true']:.3f} | "
+                      f"{r['selected']:.3f} | {r['selected_noise']:.3f} | "
                       f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
-                      f"{r['test']:.3f} |")
+                      f"{r['auroc']:.3f} | {r['test']:.3f} |")
 
 
 def redetect(levers: list[str], seeds: list[int], settings, runs_root: str, trial_prefix: str,
