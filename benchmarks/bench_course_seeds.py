@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(c) for c in args.caches if not c.is_dir()]
     if missing:
         ap.error(f"not a folder: {', '.join(missing)}")
-    table = pd.DataFrame([cache_row(c, args.dataset) for c in args.caches]).set_index("cache").T
+    table = pd.DataFrame([cache_row(c, args.dataset) for c in args.caches],
+                         dtype=object).set_index("cache").T
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     print("| | " + " | ".join(table.columns) + " |")
     print("|---" * (len(table.columns) + 1) + "|")
