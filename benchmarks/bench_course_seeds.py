@@ -9,7 +9,9 @@ threads from its config and folder name): kNN accuracy against the true labels (
 given labels, the run's k) of SupCon's and ICL's final embeddings at 0 / 40 / 80 % symmetric
 noise (notebook 2); MOIT's detection F1 after the first and the last epoch and its last recall
 and AUROC at 40 % symmetric (notebook 4), CE's detection on its encoder features after the last
-epoch; last-epoch test accuracy of CE and MOIT+ at 40 % (notebook 5).
+epoch; last-epoch test accuracy of CE and MOIT+ at 40 % (notebook 5); on notebook 6's demo
+image folder (written again, as the notebook writes it), how many of the 8 misfiled images the
+label issues hold and how many the top 32 rows of the table hold.
 """
 
 from __future__ import annotations
@@ -18,12 +20,28 @@ import argparse
 import json
 import re
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from moit_explore.analysis import collapse
-from moit_explore.training import runs
+from moit_explore.analysis import collapse, label_issues
+from moit_explore.course import notebook_runs
+from moit_explore.training import datasets, runs
+
+N_MISFILED = 8  # notebook 6's demo folder: 200 images a class, 8 misfiled (seed 0)
+
+
+def demo_folder_misfiled() -> tuple[np.ndarray, np.ndarray]:
+    """Notebook 6's demo folder, written again: its given labels and which images are misfiled,
+    in the order a run trained on it holds them."""
+    with tempfile.TemporaryDirectory(prefix="moit-folder-") as tmp:
+        misfiled = notebook_runs.write_demo_imagefolder(tmp, per_class=200,
+                                                        n_misfiled=N_MISFILED, seed=0)
+        bundle = datasets.load_dataset(f"imagefolder:{tmp}", image_size=28, channels=1)
+        return (np.asarray(bundle.train_labels),
+                np.isin(np.asarray(bundle.train_paths), misfiled["path"].to_numpy()))
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -47,7 +65,24 @@ def course_runs(cache: Path, dataset: str) -> dict[tuple[str, str, int], Path]:
     return found
 
 
-def cache_row(cache: Path, dataset: str) -> dict:
+def folder_figures(cache: Path, demo: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Notebook 6: the misfiled images among the label issues and in the top rows."""
+    given, misfiled = demo
+    for path in sorted((cache / "folders").glob("cpu-demo-*")):
+        run = runs.load_run(path)
+        if not np.array_equal(run.final()["labels_given"], given):
+            continue  # trained on another folder
+        issues, _ = label_issues.examine_run(run)
+        top = issues.ranked()[:4 * N_MISFILED]
+        return {"folder run k": run.k,
+                f"misfiled among the label issues (of {N_MISFILED})":
+                    int((issues.is_label_issue & misfiled).sum()),
+                "label issues": int(issues.is_label_issue.sum()),
+                f"misfiled in the top {4 * N_MISFILED} rows": int(misfiled[top].sum())}
+    return {}
+
+
+def cache_row(cache: Path, dataset: str, demo: tuple[np.ndarray, np.ndarray] | None) -> dict:
     """The figures of one run cache (missing runs are left out)."""
     found = course_runs(cache, dataset)
     threads = re.search(r"threads(\d+)", cache.name)
@@ -72,7 +107,7 @@ def cache_row(cache: Path, dataset: str) -> dict:
         row[f"{method} test acc last"] = m[-1]["test_acc"]
         if method == "moit" and (path / "finetune" / "metrics.jsonl").is_file():
             row["moit+ test acc last"] = _metrics(path / "finetune")[-1]["test_acc"]
-    return row
+    return {**row, **(folder_figures(cache, demo) if demo is not None else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(c) for c in args.caches if not c.is_dir()]
     if missing:
         ap.error(f"not a folder: {', '.join(missing)}")
-    table = pd.DataFrame([cache_row(c, args.dataset) for c in args.caches],
+    demo = demo_folder_misfiled() if args.dataset == "fashion-mnist" else None
+    table = pd.DataFrame([cache_row(c, args.dataset, demo) for c in args.caches],
                          dtype=object).set_index("cache").T
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     print("| | " + " | ".join(table.columns) + " |")
