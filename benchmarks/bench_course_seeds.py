@@ -44,11 +44,6 @@ def demo_folder_misfiled() -> tuple[np.ndarray, np.ndarray]:
                 np.isin(np.asarray(bundle.train_paths), misfiled["path"].to_numpy()))
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()]
-
-
 def course_runs(cache: Path, dataset: str) -> dict[tuple[str, str, int], Path]:
     """(method, noise, rate in %) -> run directory of ``dataset``, from each run's config.json
     (a cache may hold the smoke mode's digits runs too)."""
@@ -84,29 +79,28 @@ def folder_figures(cache: Path, demo: tuple[np.ndarray, np.ndarray]) -> dict:
 
 def cache_row(cache: Path, dataset: str, demo: tuple[np.ndarray, np.ndarray] | None) -> dict:
     """The figures of one run cache (missing runs are left out)."""
-    found = course_runs(cache, dataset)
+    found = {key: runs.load_run(path) for key, path in course_runs(cache, dataset).items()}
     threads = re.search(r"threads(\d+)", cache.name)
-    row: dict = {"cache": cache.name, "seed": None,
+    row: dict = {"cache": cache.name,
+                 "seed": next((r.config.get("seed") for r in found.values()), None),
                  "torch threads": int(threads.group(1)) if threads else "?"}
     for method in ("supcon", "icl"):
         for rate in (0, 40, 80):
-            if (path := found.get((method, "symmetric", rate))) is not None:
-                run = runs.load_run(path)
-                row["seed"] = run.config.get("seed")
+            if (run := found.get((method, "symmetric", rate))) is not None:
                 row[f"{method} kNN acc {rate}%"] = collapse.run_collapse_metrics(
                     run, run.final())["knn_acc_true"]
     for method in ("moit", "ce"):
-        if (path := found.get((method, "symmetric", 40))) is None:
+        if (run := found.get((method, "symmetric", 40))) is None:
             continue
-        m = _metrics(path)
-        row["seed"] = json.loads((path / "config.json").read_text()).get("seed")
-        row[f"{method} det F1 epoch 1"] = m[0]["det_f1"]
-        row[f"{method} det F1 last"] = m[-1]["det_f1"]
-        row[f"{method} det recall last"] = m[-1]["det_recall"]
-        row[f"{method} det AUROC last"] = m[-1]["det_auroc"]
-        row[f"{method} test acc last"] = m[-1]["test_acc"]
-        if method == "moit" and (path / "finetune" / "metrics.jsonl").is_file():
-            row["moit+ test acc last"] = _metrics(path / "finetune")[-1]["test_acc"]
+        first, last = run.metrics.iloc[0], run.metrics.iloc[-1]
+        row[f"{method} det F1 epoch 1"] = float(first["det_f1"])
+        row[f"{method} det F1 last"] = float(last["det_f1"])
+        row[f"{method} det recall last"] = float(last["det_recall"])
+        row[f"{method} det AUROC last"] = float(last["det_auroc"])
+        row[f"{method} test acc last"] = float(last["test_acc"])
+        if method == "moit" and (run.path / "finetune" / "metrics.jsonl").is_file():
+            plus = runs.load_run(run.path / "finetune")
+            row["moit+ test acc last"] = float(plus.metrics.iloc[-1]["test_acc"])
     return {**row, **(folder_figures(cache, demo) if demo is not None else {})}
 
 
