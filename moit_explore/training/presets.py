@@ -48,8 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # by 2 px to 32x32 (pad_inputs=2). On the native 28x28 images MOIT's embedding takes in
     # the wrong labels after epoch ~25 and its detection decays (recall 0.95 -> 0.65); padded,
     # it holds (benchmarks/RESULTS.md, "Why MOIT's detection decayed").
-    # k = 200 (about two thirds of a class in 3,000 images; the paper's 250 of 5,000 per class
-    # is half): MOIT's detection is the same from k = 30 to 250, while a 30-neighbour vote lets
+    # k = 200 (two thirds of a 300-image class; the paper's 250 is a twentieth of a CIFAR-10
+    # class): MOIT's detection is the same from k = 30 to 250, while a 30-neighbour vote lets
     # CE's locally memorised embedding pass as a detector as good as MOIT's (3 seeds each,
     # benchmarks/RESULTS.md, "The detector's k").
     "cpu-demo": dict(
