@@ -51,7 +51,7 @@ def course_runs(cache: Path, dataset: str) -> dict[tuple[str, str, int], Path]:
     for cfg_path in sorted(cache.glob("*/config.json")):
         # a run in training is a hidden folder until its last epoch (final.npz) is written
         if cfg_path.parent.name.startswith(".") or not (
-                cfg_path.parent / "embeddings" / "final.npz").is_file():
+                cfg_path.parent / runs.EMBEDDINGS_DIR / runs.FINAL_FILE).is_file():
             continue
         cfg = json.loads(cfg_path.read_text())
         if cfg.get("dataset") != dataset:
