@@ -50,8 +50,7 @@ def course_runs(cache: Path, dataset: str) -> dict[tuple[str, str, int], Path]:
     found = {}
     for cfg_path in sorted(cache.glob("*/config.json")):
         # a run in training is a hidden folder until its last epoch (final.npz) is written
-        if cfg_path.parent.name.startswith(".") or not (
-                cfg_path.parent / runs.EMBEDDINGS_DIR / runs.FINAL_FILE).is_file():
+        if cfg_path.parent.name.startswith(".") or not runs.is_finished(cfg_path.parent):
             continue
         cfg = json.loads(cfg_path.read_text())
         if cfg.get("dataset") != dataset:

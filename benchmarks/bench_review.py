@@ -42,12 +42,6 @@ def last_test_acc(path: Path) -> float:
     return float(runs.load_run(path).metrics["test_acc"].iloc[-1])
 
 
-def finished_run(run: runs.Run) -> bool:
-    """A run whose training wrote its final embedding and all its epochs."""
-    return ((run.path / runs.EMBEDDINGS_DIR / runs.FINAL_FILE).is_file()
-            and len(run.metrics) == int(run.config["epochs"]))
-
-
 def find_baseline(root: Path, cfg: config.TrainConfig) -> Path | None:
     """The finished run under ``root`` trained with exactly ``cfg`` (place fields aside) on the
     same given labels, or None; prints why each run of the same method was refused."""
@@ -62,7 +56,7 @@ def find_baseline(root: Path, cfg: config.TrainConfig) -> Path | None:
         if str(Path(saved.get("data_root", "")).expanduser().resolve()) != data_root:
             diff.append("data_root")
         run = runs.load_run(path) if not diff else None
-        if run is not None and not finished_run(run):
+        if run is not None and not runs.is_finished(path):
             diff.append("(not finished)")
         if not diff:
             if given is None:

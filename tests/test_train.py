@@ -163,6 +163,26 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert runs.load_run(short).config["epochs"] == 4
 
 
+def test_a_run_being_extended_is_not_finished(tmp_path):
+    # the course cache, make course and the benchmarks reuse only finished runs; a run that
+    # --resume was extending still holds the final.npz of its shorter schedule
+    run_dir = train.train(smoke(tmp_path, name="ext", epochs=2, lr_milestones=(3,)))
+    assert runs.is_finished(run_dir)
+
+    def stop_after_three(row):
+        if row["epoch"] == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train.resume(run_dir, epochs=4, on_epoch_end=stop_after_three)
+    assert (run_dir / runs.EMBEDDINGS_DIR / runs.FINAL_FILE).is_file()
+    assert not runs.is_finished(run_dir)
+    train.resume(run_dir)
+    assert runs.is_finished(run_dir)
+    (run_dir / runs.EMBEDDINGS_DIR / runs.FINAL_FILE).unlink()
+    assert not runs.is_finished(run_dir)
+
+
 def test_refuses_to_overwrite_an_existing_run(tmp_path):
     cfg = smoke(tmp_path, name="same", epochs=1)
     run_dir = train.train(cfg)

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from moit_explore.course import notebook_runs
+from moit_explore.training import runs
 
 __all__ = ["BookPage", "build_book", "course_ready", "notebooks"]
 
@@ -62,12 +63,12 @@ def course_ready(preset_name: str = "cpu-demo") -> bool:
     cache = notebook_runs.runs_dir()
     for method, rate, *noise in notebook_runs.COURSE_RUNS:
         if method == "folder":
-            if not any((cache / "folders").glob("*/embeddings/final.npz")):
+            if not any(runs.is_finished(p) for p in (cache / "folders").glob("*")):
                 return False
             continue
         path = notebook_runs.course_run_dir(method, noise[0] if noise else "symmetric", rate,
                                             preset_name)
-        if not (path / "embeddings" / "final.npz").is_file():
+        if not runs.is_finished(path):
             return False
     return True
 

@@ -151,7 +151,7 @@ def write_figures(run_list: list[Any], out: str | Path,
     # the detection of a method that corrects labels with it (MOIT) first
     candidates = [r for r in run_list if get_method(r.method).corrects_labels] + list(run_list)
     flag_run = next((r for r in candidates
-                     if (r.path / "embeddings" / "final.npz").is_file()
+                     if runs.is_finished(r.path)
                      and "clean" in r.final()), None)
     try:
         return _figures(entries, flag_run, out, data_root)

@@ -192,11 +192,6 @@ def seed_overrides() -> dict[str, int]:
                          f"{SEED_ENV}=2, or unset it for the default seed") from None
 
 
-def _complete(path: Path) -> bool:
-    # train.py writes embeddings/final.npz after the last epoch, so it marks a finished run
-    return (path / "config.json").is_file() and (path / "embeddings" / "final.npz").is_file()
-
-
 def _settings_match(path: Path, expected: dict, key: str | None = None) -> bool:
     """Whether the cached run at ``path`` was trained with the settings ``expected`` (a config
     dict; ``key``: the sub-dict of config.json that holds them). A run from another preset
@@ -235,7 +230,7 @@ def course_noise_file(preset_name: str, rate: float) -> Path | None:
 
 
 def _cached(path: Path, expected: dict, key: str | None = None) -> bool:
-    return _complete(path) and _settings_match(path, expected, key)
+    return runs.is_finished(path) and _settings_match(path, expected, key)
 
 
 def _course_overrides(noise: str, rate: float, preset_name: str, overrides: dict) -> dict:

@@ -59,6 +59,7 @@ __all__ = [
     "append_metrics",
     "check_training_state",
     "command",
+    "is_finished",
     "jsonable",
     "load_checkpoint",
     "load_run",
@@ -186,6 +187,20 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     return df.astype({c: float for c in df.columns if df[c].isna().all()})
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """True when the training run at ``run_dir`` finished: ``embeddings/final.npz`` is written
+    (after the last epoch) and metrics.jsonl has a row for every epoch config.json asks for, so a
+    run that ``--resume`` is extending counts as unfinished until its new last epoch."""
+    path = Path(run_dir)
+    if not (is_run_dir(path) and (path / EMBEDDINGS_DIR / FINAL_FILE).is_file()):
+        return False
+    try:
+        epochs = int(read_json(path / CONFIG_FILE)["epochs"])
+        return len(read_metrics(path)) >= epochs
+    except (OSError, ValueError, KeyError, TypeError):  # a damaged run is not a finished one
+        return False
 
 
 def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
