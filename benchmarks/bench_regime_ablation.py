@@ -49,6 +49,11 @@ LEVERS: dict[str, dict] = {
     "pad2-simple-aug": dict(_K30, pad_inputs=2, augment="simple"),
     # the detector's k (issue 18's target 2): wider neighbourhoods, for every method alike
     "pad2-k200": dict(pad_inputs=2, k=200),
+    # the late fit of wrong labels after the LR drop (recall >= 0.85 on every seed), k = 200:
+    # fewer low-LR epochs (LR 0.01 / 0.001 for 5 epochs each instead of 15), or 5x the decay
+    "pad2-k200-ep40": dict(pad_inputs=2, k=200, epochs=40, lr_milestones=(30, 35),
+                           snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),
+    "pad2-k200-wd5e-4": dict(pad_inputs=2, k=200, weight_decay=5e-4),
 }
 CURVE_EPOCHS = (1, 5, 10, 20, 30, 31, 35, 40, 45, 50, 60)
 
@@ -141,7 +146,7 @@ def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_p
                 for seed in seeds:
                     d = regime_search.run_dir_of(runs_root, f"{trial_prefix}{lever}", method,
                                                  kind, rate, seed)
-                    if (d / "embeddings" / "final.npz").is_file():
+                    if runs.is_finished(d):
                         rows.append((seed, run_row(d)))
                         if method == "moit":
                             curves[(kind, rate, lever, seed)] = d
@@ -182,7 +187,7 @@ def redetect(levers: list[str], seeds: list[int], settings, runs_root: str, tria
                     for seed in seeds:
                         d = regime_search.run_dir_of(runs_root, f"{trial_prefix}{lever}",
                                                      method, kind, rate, seed)
-                        if not (d / "embeddings" / "final.npz").is_file():
+                        if not runs.is_finished(d):
                             continue
                         fin = runs.load_run(d).final()
                         det = detection.detect_noise(fin["features"], fin["labels_given"],
