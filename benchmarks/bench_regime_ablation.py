@@ -133,7 +133,9 @@ def train_lever(lever: str, kind: str, rate: float, seed: int, args) -> Path:
 
 
 def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_prefix: str,
-          show_curve: bool, methods: tuple[str, ...] = ("moit",)) -> None:
+          show_curve: bool, methods: tuple[str, ...] = ("moit",), per_seed: bool = False) -> None:
+    """Mean ± std over seeds of each lever's figures (per_seed: each seed's value, in seed
+    order), then with show_curve the per-epoch table of every MOIT run."""
     cols = ["f1_first", "f1_last", "precision_last", "recall_first", "recall_last",
             "auroc_last", "fit_given", "knn_true", "test_last"]
     print("| setting | lever | method | seeds | " + " | ".join(cols) + " |")
@@ -152,7 +154,8 @@ def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_p
                             curves[(kind, rate, lever, seed)] = d
                 if not rows:
                     continue
-                cells = [_fmt([r[c] for _, r in rows]) for c in cols]
+                cells = ([" / ".join(f"{r[c]:.3f}" for _, r in rows) for c in cols] if per_seed
+                         else [_fmt([r[c] for _, r in rows]) for c in cols])
                 print(f"| {kind} {round(rate * 100)}% | {lever} | {method} | "
                       f"{','.join(str(s) for s, _ in rows)} | " + " | ".join(cells) + " |")
     if show_curve:
@@ -247,6 +250,8 @@ def main() -> None:
                     help="pin the noise draw (default: each seed draws its own)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--curve", action="store_true", help="per-epoch table of every run")
+    ap.add_argument("--per-seed", action="store_true",
+                    help="each seed's value in the table's cells instead of mean ± std")
     ap.add_argument("--methods", default="moit",
                     help="methods to tabulate (runs of regime_search.py under the same trial "
                          "names, e.g. moit,ce: CE's detection is the same detector on its "
@@ -279,7 +284,7 @@ def main() -> None:
                 for lever in levers:
                     train_lever(lever, kind, rate, seed, args)
     table(levers, seeds, settings, args.runs_root, args.trial_prefix, args.curve,
-          tuple(args.methods.split(",")))
+          tuple(args.methods.split(",")), args.per_seed)
     print(json.dumps({"levers": levers, "seeds": seeds, "settings": args.settings}))
 
 
