@@ -59,10 +59,11 @@ SEED_ENV = "MOIT_SEED"
 # that is already cached under runs/course/ is reused, so a second pass takes seconds.
 _EXPECTED = {
     "digits": "about 10-60 s with an empty run cache, seconds once the runs are cached",
-    # each cpu-demo run took 100-160 s on a 2-core CPU (`make demo`, and the notebooks' full
-    # mode: notebook 2 trains 6 runs in 16 min); notebooks train 0-6 runs
-    "cpu-demo": "about 2-3 min per training run on a 2-core laptop CPU (notebook 2 trains 6, "
-                "about 16 min) with an empty run cache, under a minute once runs/course/ holds "
+    # each cpu-demo run (40 epochs) took 45-100 s with 2 torch threads on a 2-core CPU (`make
+    # demo`: CE 45 s, MOIT 84 s; the course's full mode: SupCon / ICL 68-99 s, notebook 2 about
+    # 10 min with its projections); notebooks train 0-6 runs
+    "cpu-demo": "about 1-1.5 min per training run on a 2-core laptop CPU (notebook 2 trains 6, "
+                "about 10 min) with an empty run cache, under a minute once runs/course/ holds "
                 "them",
 }
 
