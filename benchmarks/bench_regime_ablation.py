@@ -51,6 +51,9 @@ LEVERS: dict[str, dict] = {
     # padding by 1 px (30x30): a zero border, but the max-pools still drop a row and a column
     # (30 -> 15 -> 7 -> 3), as on the native 28x28 (28 -> 14 -> 7 -> 3); 32 -> 16 -> 8 -> 4 does not
     "pad1": dict(_K30, pad_inputs=1, gray_to_rgb=False),
+    # padding by 4 px (36x36): the last max-pool drops a row and a column (36 -> 18 -> 9 -> 4),
+    # yet the final map is 4x4 as from 32x32
+    "pad4": dict(_K30, pad_inputs=4, gray_to_rgb=False),
     # the native images normalised with the padded images' mean / std (PAD_NORM below)
     "native-padnorm": dict(_K30, pad_inputs=0, gray_to_rgb=False),
     # MOIT-only probes of the late decay on the padded input (one seed: a direction)

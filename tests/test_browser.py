@@ -777,7 +777,7 @@ def test_book_pages_show_every_figure(tmp_path):
     _chromium()
     from moit_explore.course import book
 
-    out = Path(os.environ["MOIT_BOOK_DIR"]) if os.environ.get("MOIT_BOOK_DIR") else (
+    out = Path(os.environ["MOIT_BOOK_DIR"]).resolve() if os.environ.get("MOIT_BOOK_DIR") else (
         tmp_path / "book")
     if not (out / "book.json").exists():
         book.build_book(out, mode="smoke", progress=False)

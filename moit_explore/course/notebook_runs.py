@@ -61,10 +61,11 @@ _EXPECTED = {
     "digits": "about 10-60 s with an empty run cache, seconds once the runs are cached",
     # each cpu-demo run (40 epochs) took 45-100 s with 2 torch threads on a 2-core CPU (`make
     # demo`: CE 45 s, MOIT 84 s; the course's full mode: SupCon / ICL 68-99 s, notebook 2 about
-    # 10 min with its projections); notebooks train 0-6 runs
+    # 10 min with its projections); notebooks train 0-6 runs. From make course's cache the
+    # notebooks took 8-26 s each, notebook 2 109 s (its UMAP projections; make book, 2026-12-05)
     "cpu-demo": "about 1-1.5 min per training run on a 2-core laptop CPU (notebook 2 trains 6, "
-                "about 10 min) with an empty run cache, under a minute once runs/course/ holds "
-                "them",
+                "about 10 min) with an empty run cache; once runs/course/ holds them (make "
+                "course: 12 min), under 30 s, notebook 2 under 2 min",
 }
 
 

@@ -47,7 +47,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The regime's input preparation, the same for every method: the 28x28 images zero-padded
     # by 2 px to 32x32 (pad_inputs=2). On the native 28x28 images MOIT's embedding takes in
     # the wrong labels after epoch ~25 and its detection decays (recall 0.95 -> 0.65); padded,
-    # it holds (benchmarks/RESULTS.md, "Why MOIT's detection decayed").
+    # it holds. The size is what matters: 32 or 36 px, padded or resized, hold; 28 and 30 px do
+    # not (benchmarks/RESULTS.md, "Why MOIT's detection decayed").
     # k = 200 (two thirds of a 300-image class; the paper's 250 is a twentieth of a CIFAR-10
     # class): MOIT's detection is the same from k = 30 to 250, while a 30-neighbour vote lets
     # CE's locally memorised embedding pass as a detector as good as MOIT's (3 seeds each,
