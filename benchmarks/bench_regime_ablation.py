@@ -69,6 +69,9 @@ LEVERS: dict[str, dict] = {
     # 10 epochs at LR 0.01 instead of 5 (CE's memorisation happens at 0.01)
     "pad2-k200-ep45": dict(pad_inputs=2, k=200, epochs=45, lr_milestones=(30, 40),
                            snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),
+    # the resized input (no zero border) with the 60-epoch schedule, in which CE's memorisation
+    # costs it test accuracy: does the resized input keep MOIT's recall through it?
+    "resize32-k200": dict(_EP60, pad_inputs=0, image_size=32, k=200),
     # 15 epochs at LR 0.001 instead of 5 (the 40-epoch runs extended with --resume)
     "pad2-k200-ep50": dict(pad_inputs=2, k=200, epochs=50, lr_milestones=(30, 35),
                            snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),
