@@ -22,6 +22,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ PAD_NORM = {"native-padnorm": 2}
 
 
 @contextlib.contextmanager
-def _normalised_as_padded(pad: int | None):
+def _normalised_as_padded(pad: int | None) -> Iterator[None]:
     """While training: datasets.prepare_inputs gives the bundle the mean / std of its training
     images zero-padded by ``pad`` px (None: unchanged). Only this benchmark does this."""
     if pad is None:
