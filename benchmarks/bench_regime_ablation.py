@@ -36,10 +36,12 @@ from moit_explore.training import datasets, presets, runs, train  # noqa: E402
 
 # lever -> TrainConfig overrides on top of cpu-demo ("preset": as it is; "native": the 28x28
 # grayscale images, the preset before issue 18; "pad2": the padded preset with k = 30, as it was
-# until k became 200). Each lever pins the k and schedule it was measured with (the preset's
-# were k = 30, then 200; 60 epochs with the LR drops at 30 and 45, then 40 with 30 and 35), so
-# that a rerun reproduces the tables in benchmarks/RESULTS.md.
-_EP60 = dict(epochs=60, lr_milestones=(30, 45), snapshot_epochs=(1, 3, 5, 10, 15, 20, 30, 40, 50))
+# until k became 200). Each lever pins the input size, k and schedule it was measured with (the
+# preset's were k = 30, then 200; 60 epochs with the LR drops at 30 and 45, then 40 with 30 and
+# 35, then 60 again; padded by 2 px, then resized to 32 px), so that a rerun reproduces the
+# tables in benchmarks/RESULTS.md.
+_EP60 = dict(epochs=60, lr_milestones=(30, 45), snapshot_epochs=(1, 3, 5, 10, 15, 20, 30, 40, 50),
+             image_size=None)
 _K30 = dict(_EP60, k=30)
 LEVERS: dict[str, dict] = {
     "preset": {},
@@ -64,17 +66,17 @@ LEVERS: dict[str, dict] = {
     "pad2-k200": dict(_EP60, pad_inputs=2, k=200),
     # the late fit of wrong labels after the LR drop (recall >= 0.85 on every seed), k = 200:
     # fewer low-LR epochs (LR 0.01 / 0.001 for 5 epochs each instead of 15), or 5x the decay
-    "pad2-k200-ep40": dict(pad_inputs=2, k=200, epochs=40, lr_milestones=(30, 35),
+    "pad2-k200-ep40": dict(image_size=None, pad_inputs=2, k=200, epochs=40, lr_milestones=(30, 35),
                            snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),
     "pad2-k200-wd5e-4": dict(_EP60, pad_inputs=2, k=200, weight_decay=5e-4),
     # 10 epochs at LR 0.01 instead of 5 (CE's memorisation happens at 0.01)
-    "pad2-k200-ep45": dict(pad_inputs=2, k=200, epochs=45, lr_milestones=(30, 40),
+    "pad2-k200-ep45": dict(image_size=None, pad_inputs=2, k=200, epochs=45, lr_milestones=(30, 40),
                            snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),
     # the resized input (no zero border) with the 60-epoch schedule, in which CE's memorisation
     # costs it test accuracy: does the resized input keep MOIT's recall through it?
     "resize32-k200": dict(_EP60, pad_inputs=0, image_size=32, k=200),
     # 15 epochs at LR 0.001 instead of 5 (the 40-epoch runs extended with --resume)
-    "pad2-k200-ep50": dict(pad_inputs=2, k=200, epochs=50, lr_milestones=(30, 35),
+    "pad2-k200-ep50": dict(image_size=None, pad_inputs=2, k=200, epochs=50, lr_milestones=(30, 35),
                            snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),
 }
 CURVE_EPOCHS = (1, 5, 10, 20, 30, 31, 35, 40, 45, 50, 60)

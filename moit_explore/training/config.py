@@ -188,8 +188,8 @@ class TrainConfig(_Schedule):
     image_size: int | None = _f(None, "resize images to this size (None: native size)")
     image_channels: int = _f(3, "imagefolder only: 1 reads the images as grayscale, 3 as RGB")
     pad_inputs: int = _f(0, "zero-pad every image by this many pixels on each side, train and "
-                         "test (cpu-demo: 2, Fashion-MNIST's 28x28 to 32x32, the CPU regime's "
-                         "choice; see benchmarks/RESULTS.md)")
+                         "test, after any resize (the CPU regime resizes instead; see "
+                         "benchmarks/RESULTS.md)")
     gray_to_rgb: bool = _f(False, "copy a grayscale data set's channel to 3 channels (colour "
                            "images stay as they are)")
     n_train: int | None = _f(None, "stratified training subset size (None: all)")
