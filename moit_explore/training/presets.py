@@ -49,8 +49,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 32x32 (image_size=32). On the native 28x28 images MOIT's embedding takes in the wrong
     # labels after epoch ~25 and its detection decays (recall 0.95 -> 0.65); at 32 or 36 px,
     # padded or resized, it holds, and resized (no zero border) holds best, through the whole
-    # 60-epoch schedule (benchmarks/RESULTS.md, "Why MOIT's detection decayed" and "A
-    # candidate regime"). The 40-epoch schedule on the padded images kept the recall too, but
+    # 60-epoch schedule (benchmarks/RESULTS.md, "Why MOIT's detection decayed" and "The
+    # preset since 2026-12-05"). The 40-epoch schedule on the padded images kept the recall too, but
     # there CE barely lost test accuracy to its memorisation.
     # k = 200 (two thirds of a 300-image class; the paper's 250 is a twentieth of a CIFAR-10
     # class): MOIT's detection is the same from k = 30 to 250, while a 30-neighbour vote lets
