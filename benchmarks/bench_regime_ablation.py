@@ -43,6 +43,7 @@ from moit_explore.training import datasets, presets, runs, train  # noqa: E402
 _EP60 = dict(epochs=60, lr_milestones=(30, 45), snapshot_epochs=(1, 3, 5, 10, 15, 20, 30, 40, 50),
              image_size=None)
 _K30 = dict(_EP60, k=30)
+_PAD2_K200 = dict(image_size=None, pad_inputs=2, k=200)  # the padded input, k = 200
 LEVERS: dict[str, dict] = {
     "preset": {},
     "native": dict(_K30, pad_inputs=0, gray_to_rgb=False),
@@ -63,20 +64,20 @@ LEVERS: dict[str, dict] = {
     "pad2-no-correction": dict(_K30, pad_inputs=2, correction_start=60),
     "pad2-simple-aug": dict(_K30, pad_inputs=2, augment="simple"),
     # the detector's k (issue 18's target 2): wider neighbourhoods, for every method alike
-    "pad2-k200": dict(_EP60, pad_inputs=2, k=200),
+    "pad2-k200": dict(_EP60, **_PAD2_K200),
     # the late fit of wrong labels after the LR drop (recall >= 0.85 on every seed), k = 200:
     # fewer low-LR epochs (LR 0.01 / 0.001 for 5 epochs each instead of 15), or 5x the decay
-    "pad2-k200-ep40": dict(image_size=None, pad_inputs=2, k=200, epochs=40, lr_milestones=(30, 35),
+    "pad2-k200-ep40": dict(_PAD2_K200, epochs=40, lr_milestones=(30, 35),
                            snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),
-    "pad2-k200-wd5e-4": dict(_EP60, pad_inputs=2, k=200, weight_decay=5e-4),
+    "pad2-k200-wd5e-4": dict(_EP60, **_PAD2_K200, weight_decay=5e-4),
     # 10 epochs at LR 0.01 instead of 5 (CE's memorisation happens at 0.01)
-    "pad2-k200-ep45": dict(image_size=None, pad_inputs=2, k=200, epochs=45, lr_milestones=(30, 40),
+    "pad2-k200-ep45": dict(_PAD2_K200, epochs=45, lr_milestones=(30, 40),
                            snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),
     # the resized input (no zero border) with the 60-epoch schedule, in which CE's memorisation
     # costs it test accuracy: does the resized input keep MOIT's recall through it?
     "resize32-k200": dict(_EP60, pad_inputs=0, image_size=32, k=200),
     # 15 epochs at LR 0.001 instead of 5 (the 40-epoch runs extended with --resume)
-    "pad2-k200-ep50": dict(image_size=None, pad_inputs=2, k=200, epochs=50, lr_milestones=(30, 35),
+    "pad2-k200-ep50": dict(_PAD2_K200, epochs=50, lr_milestones=(30, 35),
                            snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),
 }
 CURVE_EPOCHS = (1, 5, 10, 20, 30, 31, 35, 40, 45, 50, 60)

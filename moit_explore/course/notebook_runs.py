@@ -62,8 +62,8 @@ _EXPECTED = {
     # each cpu-demo run (60 epochs, 32x32) took 65-130 s with 2 torch threads on a 2-core CPU
     # (`make demo`: CE 65 s, MOIT 127 s; the course's full mode: SupCon / ICL 112-114 s, so
     # notebook 2's six runs about 12 min before its projections, 2026-12-05); notebooks train
-    # 0-6 runs. From make course's cache (40-epoch preset) notebook 2 took 109 s (its UMAP
-    # projections), the others 8-26 s (make book, 2026-12-05)
+    # 0-6 runs. make course trained all 12 in 18.5 min; from its cache notebook 2 took 112 s
+    # (its UMAP projections), the others 8-36 s (make book, 2026-12-05)
     "cpu-demo": "about 1-2 min per training run on a 2-core laptop CPU (notebook 2 trains 6, "
                 "about 14 min) with an empty run cache; once runs/course/ holds them (make "
                 "course), under 30 s, notebook 2 about 2 min",
