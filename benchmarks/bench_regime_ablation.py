@@ -12,6 +12,8 @@ labels, the run's k).
 
     python benchmarks/bench_regime_ablation.py --levers native,pad2-rgb --seeds 1,2,3   # train
     python benchmarks/bench_regime_ablation.py --table-only --levers native,pad2-rgb --curve
+    python benchmarks/bench_regime_ablation.py --table-only --per-seed --levers resize32-k200 \
+        --methods moit,ce --settings symmetric:0.4,symmetric:0.8,asymmetric:0.4 --targets
 """
 
 from __future__ import annotations
@@ -185,14 +187,16 @@ def train_lever(lever: str, kind: str, rate: float, seed: int, args) -> Path:
 
 
 def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_prefix: str,
-          show_curve: bool, methods: tuple[str, ...] = ("moit",), per_seed: bool = False) -> None:
+          show_curve: bool, methods: tuple[str, ...] = ("moit",), per_seed: bool = False,
+          ) -> dict[tuple, list[tuple[int, dict]]]:
     """Mean ± std over seeds of each lever's figures (per_seed: each seed's value, in seed
-    order), then with show_curve the per-epoch table of every MOIT run."""
+    order), then with show_curve the per-epoch table of every MOIT run. Returns the rows,
+    ``{(kind, rate, lever, method): [(seed, run_row), ...]}``."""
     cols = ["f1_first", "f1_last", "precision_last", "recall_first", "recall_last",
             "auroc_last", "fit_given", "knn_true", "test_last"]
     print("| setting | lever | method | seeds | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 4) + "|")
-    curves = {}
+    curves, found = {}, {}
     for kind, rate in settings:
         for lever in levers:
             for method in methods:
@@ -206,6 +210,7 @@ def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_p
                             curves[(kind, rate, lever, seed)] = d
                 if not rows:
                     continue
+                found[(kind, rate, lever, method)] = rows
                 cells = ([" / ".join(f"{r[c]:.3f}" for _, r in rows) for c in cols] if per_seed
                          else [_fmt([r[c] for _, r in rows]) for c in cols])
                 print(f"| {kind} {round(rate * 100)}% | {lever} | {method} | "
@@ -222,6 +227,54 @@ def table(levers: list[str], seeds: list[int], settings, runs_root: str, trial_p
                       f"{r['selected']:.3f} | {r['selected_noise']:.3f} | "
                       f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
                       f"{r['auroc']:.3f} | {r['test']:.3f} |")
+    return found
+
+
+def _verdict(per_seed: list[bool], mean_ok: bool, seeds: list[int]) -> str:
+    """'met on every seed', 'met on the mean; not on seed 1', or 'NOT met ...'."""
+    missed = [str(s) for s, ok in zip(seeds, per_seed, strict=True) if not ok]
+    if not missed:
+        return "met on every seed"
+    return (f"met on the mean; not on seed {', '.join(missed)}" if mean_ok
+            else f"NOT met (on the mean; not on seed {', '.join(missed)})")
+
+
+def issue_targets(found: dict[tuple, list[tuple[int, dict]]]) -> list[str]:
+    """Issue 18's detection targets, from the rows :func:`table` returns (MOIT's and CE's runs
+    of the same lever and setting, matched by seed): 1. MOIT's F1 after the last epoch above
+    epoch 1's, recall >= 0.85 at 40 % symmetric; 2. MOIT's AUROC and F1 above the same
+    detector's on CE's encoder features. Each on every seed and on the mean over seeds."""
+    out = []
+    for (kind, rate, lever, method), moit in found.items():
+        if method != "moit":
+            continue
+        tag = f"{kind} {round(rate * 100)}% {lever}"
+        m = dict(moit)
+        seeds = sorted(m)
+        mean = {c: float(np.mean([m[s][c] for s in seeds]))
+                for c in ("f1_first", "f1_last", "recall_last")}
+        out.append(f"{tag}: 1. MOIT F1 epoch 1 -> last "
+                   + " / ".join(f"{m[s]['f1_first']:.3f} -> {m[s]['f1_last']:.3f}" for s in seeds)
+                   + ": " + _verdict([m[s]["f1_last"] > m[s]["f1_first"] for s in seeds],
+                                     mean["f1_last"] > mean["f1_first"], seeds))
+        if (kind, rate) == ("symmetric", 0.4):
+            out.append(f"{tag}: 1. MOIT recall at the last epoch "
+                       + " / ".join(f"{m[s]['recall_last']:.3f}" for s in seeds) + " (>= 0.85): "
+                       + _verdict([m[s]["recall_last"] >= 0.85 for s in seeds],
+                                  mean["recall_last"] >= 0.85, seeds))
+        ce = dict(found.get((kind, rate, lever, "ce"), []))
+        both = [s for s in seeds if s in ce]
+        if not both:
+            continue
+        for col, name in (("auroc_last", "AUROC"), ("f1_last", "F1")):
+            mo, c = [m[s][col] for s in both], [ce[s][col] for s in both]
+            out.append(f"{tag}: 2. detection {name} MOIT vs CE's features, seeds "
+                       f"{','.join(map(str, both))}: {_fmt(mo)} vs {_fmt(c)} ("
+                       + " / ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(mo, c, strict=True))
+                       + "): "
+                       + _verdict([a > b for a, b in zip(mo, c, strict=True)],
+                                  float(np.mean(mo)) > float(np.mean(c)), both))
+    return out
 
 
 def redetect(levers: list[str], seeds: list[int], settings, runs_root: str, trial_prefix: str,
@@ -302,6 +355,9 @@ def main() -> None:
                     help="pin the noise draw (default: each seed draws its own)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--curve", action="store_true", help="per-epoch table of every run")
+    ap.add_argument("--targets", action="store_true",
+                    help="after the table, issue 18's detection targets (needs --methods "
+                         "moit,ce) per seed and on the mean")
     ap.add_argument("--per-seed", action="store_true",
                     help="each seed's value in the table's cells instead of mean ± std")
     ap.add_argument("--methods", default="moit",
@@ -335,8 +391,10 @@ def main() -> None:
             for seed in seeds:
                 for lever in levers:
                     train_lever(lever, kind, rate, seed, args)
-    table(levers, seeds, settings, args.runs_root, args.trial_prefix, args.curve,
-          tuple(args.methods.split(",")), args.per_seed)
+    found = table(levers, seeds, settings, args.runs_root, args.trial_prefix, args.curve,
+                  tuple(args.methods.split(",")), args.per_seed)
+    if args.targets:
+        print("\n".join(["", "Issue 18's detection targets:", *issue_targets(found)]))
     print(json.dumps({"levers": levers, "seeds": seeds, "settings": args.settings}))
 
 
