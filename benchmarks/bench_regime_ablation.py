@@ -356,8 +356,8 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--curve", action="store_true", help="per-epoch table of every run")
     ap.add_argument("--targets", action="store_true",
-                    help="after the table, issue 18's detection targets (needs --methods "
-                         "moit,ce) per seed and on the mean")
+                    help="after the table, issue 18's detection targets per seed and on the mean "
+                         "(target 2, against CE, needs --methods moit,ce)")
     ap.add_argument("--per-seed", action="store_true",
                     help="each seed's value in the table's cells instead of mean ± std")
     ap.add_argument("--methods", default="moit",
