@@ -66,7 +66,7 @@ _EXPECTED = {
     # (its UMAP projections), the others 8-36 s (make book, 2026-12-05)
     "cpu-demo": "about 1-2 min per training run on a 2-core laptop CPU (notebook 2 trains 6, "
                 "about 14 min) with an empty run cache; once runs/course/ holds them (make "
-                "course), under 30 s, notebook 2 about 2 min",
+                "course), under a minute, notebook 2 about 2 min",
 }
 
 
@@ -401,7 +401,7 @@ def prepare_course(preset_name: str | None = None, *, jobs: int = 2,
     single-thread trainings at a time (each in its own process: on 2 cores, two one-thread
     trainings use both, where two default ones would oversubscribe them), with one progress
     bar. Cached runs are kept; ``MOIT_SEED`` applies as in the notebooks. Returns the run
-    folders. The notebooks then open in seconds."""
+    folders. The notebooks then run in under a minute each (notebook 2 about 2 min)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
