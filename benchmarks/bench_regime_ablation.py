@@ -45,7 +45,7 @@ from moit_explore.training import datasets, presets, runs, train  # noqa: E402
 _EP60 = dict(epochs=60, lr_milestones=(30, 45), snapshot_epochs=(1, 3, 5, 10, 15, 20, 30, 40, 50),
              image_size=None)
 _K30 = dict(_EP60, k=30)
-_PAD2_K200 = dict(image_size=None, pad_inputs=2, k=200)  # the padded input, k = 200
+_PAD2_K200 = dict(_EP60, pad_inputs=2, k=200)  # the padded input, k = 200
 LEVERS: dict[str, dict] = {
     "preset": {},
     "native": dict(_K30, pad_inputs=0, gray_to_rgb=False),
@@ -66,12 +66,12 @@ LEVERS: dict[str, dict] = {
     "pad2-no-correction": dict(_K30, pad_inputs=2, correction_start=60),
     "pad2-simple-aug": dict(_K30, pad_inputs=2, augment="simple"),
     # the detector's k (issue 18's target 2): wider neighbourhoods, for every method alike
-    "pad2-k200": dict(_EP60, **_PAD2_K200),
+    "pad2-k200": dict(_PAD2_K200),
     # the late fit of wrong labels after the LR drop (recall >= 0.85 on every seed), k = 200:
     # fewer low-LR epochs (LR 0.01 / 0.001 for 5 epochs each instead of 15), or 5x the decay
     "pad2-k200-ep40": dict(_PAD2_K200, epochs=40, lr_milestones=(30, 35),
                            snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),
-    "pad2-k200-wd5e-4": dict(_EP60, **_PAD2_K200, weight_decay=5e-4),
+    "pad2-k200-wd5e-4": dict(_PAD2_K200, weight_decay=5e-4),
     # 10 epochs at LR 0.01 instead of 5 (CE's memorisation happens at 0.01)
     "pad2-k200-ep45": dict(_PAD2_K200, epochs=45, lr_milestones=(30, 40),
                            snapshot_epochs=(1, 3, 5, 10, 15, 20, 30)),

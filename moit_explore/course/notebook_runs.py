@@ -56,7 +56,7 @@ SMOKE: bool = os.environ.get("MOIT_SMOKE") == "1"
 SEED_ENV = "MOIT_SEED"
 
 # Rough wall-clock times per notebook on a 2-core laptop CPU with an empty run cache; a run
-# that is already cached under runs/course/ is reused, so a second pass takes seconds.
+# that is already cached under runs/course/ is reused, so a second pass trains nothing.
 _EXPECTED = {
     "digits": "about 10-60 s with an empty run cache, seconds once the runs are cached",
     # each cpu-demo run (60 epochs, 32x32) took 65-130 s with 2 torch threads on a 2-core CPU
